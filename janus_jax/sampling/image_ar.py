@@ -1,0 +1,225 @@
+"""Janus / Janus-Pro text-to-image: autoregressive VQ-code sampling with classifier-free guidance.
+
+Letters: B images (= prompts x images per prompt), R = 2B LLM rows (cond/uncond interleaved),
+T padded prompt length, D LLM width, V image codebook size, P image tokens per image (576 for
+the released 384x384 models, from the VQ grid in the config), H, W pixel height and width.
+
+The reference (`generation_inference.py`) runs 576 eager steps over copies of one prompt. Here a
+request shape is one compiled program: the prompts are left-padded into one batch, the prompt is
+prefilled into a static KV cache, and the P steps are a `lax.fori_loop`.
+
+Guidance follows the reference exactly:
+  * rows are interleaved: row 2b is image b's conditional row, row 2b+1 its unconditional row;
+  * an unconditional row is the prompt with every token but the first (BOS) and the last
+    (`<begin_of_image>`) replaced by the pad id, and those in-prompt pads are *attended* (the
+    reference passes no attention mask);
+  * guided logits = uncond + w * (cond - uncond), computed in float32.
+Left padding added to batch prompts of different lengths is masked out, and positions count only
+real tokens, so every row computes what it would compute alone.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from janus_jax.models import llama
+from janus_jax.sampling import samplers
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+  """Host-side LLM inputs for a guided batch.
+
+  tokens: (R, T) int32, left-padded with the pad id. mask: (R, T) bool, False on left padding.
+  positions: (R, T) int32, 0..L-1 over each row's real tokens (0 on padding).
+  guided: whether rows are interleaved cond/uncond pairs (else every row is conditional).
+  """
+
+  tokens: np.ndarray
+  mask: np.ndarray
+  positions: np.ndarray
+  guided: bool
+
+
+def check_prompts(prompt_ids, max_len: int | None = None) -> None:
+  """Raises ValueError naming the prompt that is empty or longer than `max_len` tokens."""
+  if not prompt_ids:
+    raise ValueError("no prompts given")
+  for i, ids in enumerate(prompt_ids):
+    if len(ids) == 0:
+      raise ValueError(f"prompt {i} is empty (no tokens)")
+    if max_len is not None and len(ids) > max_len:
+      raise ValueError(f"prompt {i} has {len(ids)} tokens; at most {max_len} fit in the context "
+                       f"next to the image tokens")
+
+
+def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True) -> PromptBatch:
+  """Lays out LLM rows for `num_images` images per prompt (prompt-major order).
+
+  Args:
+    prompt_ids: list of token-id lists, each ending in `<begin_of_image>` (BOS first).
+    num_images: images per prompt (the reference's `parallel_size`).
+    pad_id: the `<｜▁pad▁｜>` id, used both for left padding and for the unconditional rows.
+    guided: add an unconditional row after every conditional row.
+  """
+  check_prompts(prompt_ids)
+  if num_images < 1:
+    raise ValueError(f"num_images must be >= 1, got {num_images}")
+  t = max(len(ids) for ids in prompt_ids)
+  copies = 2 if guided else 1
+  r = len(prompt_ids) * num_images * copies
+  tokens = np.full((r, t), pad_id, np.int32)
+  mask = np.zeros((r, t), bool)
+  row = 0
+  for ids in prompt_ids:
+    ids = np.asarray(ids, np.int32)
+    for _ in range(num_images):
+      for c in range(copies):
+        tokens[row, t - len(ids):] = ids
+        if c == 1:  # unconditional: keep only BOS and <begin_of_image>
+          tokens[row, t - len(ids) + 1:t - 1] = pad_id
+        mask[row, t - len(ids):] = True
+        row += 1
+  positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
+  return PromptBatch(tokens, mask, positions, guided)
+
+
+def _call(model, params, method, *args, **kw):
+  return model.apply({"params": params}, *args, method=method, **kw)
+
+
+def guide(logits: jax.Array, cfg_weight) -> jax.Array:
+  """(R, V) interleaved cond/uncond logits -> (R/2, V) float32 uncond + w * (cond - uncond)."""
+  logits = logits.astype(jnp.float32).reshape(logits.shape[0] // 2, 2, logits.shape[-1])
+  cond, uncond = logits[:, 0], logits[:, 1]
+  return uncond + cfg_weight * (cond - uncond)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "sampler", "num_tokens", "guided",
+                                             "return_logits"))
+def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sampler,
+                 num_tokens: int, guided: bool = True, return_logits: bool = False):
+  """Prefills the prompts and samples `num_tokens` image codes per image.
+
+  Args:
+    model: a `janus.Model` (static). params: its parameters.
+    tokens, mask, positions: (R, T) from `prompt_batch`.
+    rng: PRNG key; step i draws with `fold_in(rng, i)`.
+    cfg_weight: float scalar (traced: changing it does not recompile).
+    sampler: a `samplers` dataclass (static).
+    num_tokens: P, image tokens per image.
+    guided: rows are cond/uncond pairs (else plain conditional sampling, B = R).
+    return_logits: also return the per-step (guided) logits.
+  Returns:
+    codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
+  """
+  r, t = tokens.shape
+  b = r // 2 if guided else r
+  cache = llama.init_cache(model.config.llm, r, t + num_tokens - 1, model.dtype)
+  out = _call(model, params, "llm", _call(model, params, "embed_text", tokens), positions,
+              attn_mask=mask, cache=cache)
+  next_pos = positions[:, -1:] + 1  # (R, 1): where each row's first image token goes
+  ones = jnp.ones((r, 1), bool)
+
+  def pick(i, hidden, codes, logits_out):
+    logits = _call(model, params, "gen_logits", hidden)[:, 0]  # (R, 1, D) -> (R, V)
+    logits = guide(logits, cfg_weight) if guided else logits.astype(jnp.float32)
+    code = sampler.get_next_tokens(logits, jax.random.fold_in(rng, i))  # (B,)
+    codes = codes.at[:, i].set(code)
+    if return_logits:
+      logits_out = logits_out.at[:, i].set(logits)
+    return code, codes, logits_out
+
+  def step(i, carry):
+    cache, hidden, codes, logits_out = carry
+    code, codes, logits_out = pick(i, hidden, codes, logits_out)
+    row_codes = jnp.repeat(code, 2) if guided else code  # both rows of a pair get the code
+    embeds = _call(model, params, "embed_image_codes", row_codes[:, None])
+    out = _call(model, params, "llm", embeds, next_pos + i, attn_mask=ones, cache=cache)
+    return out.cache, out.hidden, codes, logits_out
+
+  codes = jnp.zeros((b, num_tokens), jnp.int32)
+  logits_out = None
+  if return_logits:
+    logits_out = jnp.zeros((b, num_tokens, model.config.image_token_size), jnp.float32)
+  # P-1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).
+  _, hidden, codes, logits_out = jax.lax.fori_loop(
+      0, num_tokens - 1, step, (out.cache, out.hidden[:, -1:], codes, logits_out))
+  _, codes, logits_out = pick(num_tokens - 1, hidden, codes, logits_out)
+  return codes, logits_out
+
+
+def to_uint8(pixels: jax.Array) -> jax.Array:
+  """Pixels ~[-1, 1] -> uint8 as the reference: clip((x + 1) / 2 * 255, 0, 255), truncated."""
+  x = jnp.clip((pixels.astype(jnp.float32) + 1) / 2 * 255, 0, 255)
+  return jnp.floor(x).astype(jnp.uint8)  # floor == truncation on [0, 255]
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def decode_images(model, params, codes):
+  """(B, P) codes -> (B, H, W, 3) uint8 images through the VQ decoder."""
+  return to_uint8(_call(model, params, "decode_codes", codes))
+
+
+def image_tokens(model, image_size: int = 384) -> int:
+  """P, image tokens per `image_size`-pixel square image: the VQ grid (24 x 24 = 576 at 384)."""
+  f = model.config.vq.downsample_factor
+  if image_size % f:
+    raise ValueError(f"image_size {image_size} is not a multiple of the VQ downsampling {f}")
+  return (image_size // f) ** 2
+
+
+@dataclasses.dataclass
+class Result:
+  """codes: (B, P) int32; images: (B, H, W, 3) uint8 or None; B = prompts x num_images."""
+
+  codes: np.ndarray
+  images: np.ndarray | None
+
+
+def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: float | None = 5.0,
+             sampler=samplers.Sampling(), rng, pad_id: int, num_tokens: int | None = None,
+             decode: bool = True) -> Result:
+  """Text-to-image for a batch of (possibly different) prompts.
+
+  Args:
+    model, params: a `janus.Model` and its parameters.
+    prompt_ids: list of B_p token-id lists (chat-formatted prompt + `<begin_of_image>`).
+    num_images: images per prompt; outputs are prompt-major (prompt 0's images first).
+    cfg_weight: guidance weight w (reference default 5); None turns guidance off (no
+      unconditional rows, half the compute).
+    sampler: `samplers.Greedy()` / `samplers.Sampling(...)`.
+    rng: PRNG key; the same key, prompts and settings give the same images.
+    pad_id: the pad token id (look it up by name in the tokenizer).
+    num_tokens: image tokens per image (default: the VQ grid of the config).
+    decode: also run the VQ decoder.
+  Returns:
+    `Result` with codes (B_p * num_images, P) and uint8 images (B_p * num_images, H, W, 3).
+  """
+  num_tokens = num_tokens or image_tokens(model)
+  context = model.config.llm.max_position_embeddings
+  check_prompts(prompt_ids, max_len=context - num_tokens)
+  batch = prompt_batch(prompt_ids, num_images, pad_id, guided=cfg_weight is not None)
+  codes, _ = sample_codes(model, params, batch.tokens, batch.mask, batch.positions, rng,
+                          jnp.float32(cfg_weight if cfg_weight is not None else 1.0),
+                          sampler=sampler, num_tokens=num_tokens, guided=batch.guided)
+  images = decode_images(model, params, codes) if decode else None
+  return Result(np.asarray(codes), None if images is None else np.asarray(images))
+
+
+def guided_logits(model, params, prompt_ids, *, num_images: int, cfg_weight: float,
+                  pad_id: int, num_tokens: int | None = None):
+  """Greedy guided decoding that also returns the per-step guided logits (parity checks).
+
+  Returns codes (B, P) int32 and logits (B, P, V) float32; logits[:, i] chose codes[:, i].
+  """
+  num_tokens = num_tokens or image_tokens(model)
+  batch = prompt_batch(prompt_ids, num_images, pad_id, guided=True)
+  codes, logits = sample_codes(model, params, batch.tokens, batch.mask, batch.positions,
+                               jax.random.key(0), jnp.float32(cfg_weight),
+                               sampler=samplers.Greedy(), num_tokens=num_tokens, guided=True,
+                               return_logits=True)
+  return np.asarray(codes), np.asarray(logits)
