@@ -8,6 +8,14 @@ scanned (stacked) parameter: the group's value is the index along the leading `l
 After the layout transform the tensor is reshaped to the expected Flax shape when only the
 grouping of axes differs (e.g. q_proj (N*H, D) -> (D, N, H)); any other mismatch is an error.
 Keys matched by `SKIP` patterns are known-unused and are dropped (and reported).
+
+A rule with `part=(i, n)` writes block i of n equal blocks of the target along `part_axis`
+(of the per-layer target): several checkpoint tensors fill one parameter, e.g. transformers'
+separate q/k/v projections filling a fused qkv kernel.
+
+Large checkpoints are converted without holding every tensor at once: `plan` checks a whole
+checkpoint from its key names and shapes alone (no tensor data), and `assemble` then builds one
+parameter at a time from a tensor reader. `convert_tensors` is both, for an in-memory dict.
 """
 
 import dataclasses
@@ -43,6 +51,8 @@ class Rule:
   target: str
   transform: str = "none"
   stack: int | None = None  # regex group holding the layer index of a scanned parameter
+  part: tuple[int, int] | None = None  # (block index, block count) of a fused target
+  part_axis: int = -1  # axis of the (per-layer) target that the blocks split
 
   def match(self, key: str):
     """Returns (flax path tuple, layer index or None) if `key` matches, else None."""
@@ -109,6 +119,147 @@ class ConversionError(ValueError):
   """A checkpoint does not match the model: lists every offending key."""
 
 
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """One checkpoint tensor's contribution to a parameter."""
+
+  key: str
+  rule: Rule
+  layer: int | None  # index along the leading (scanned) axis, or None
+  shape: tuple[int, ...]  # its slot in the target: the target shape without layer / part axes
+
+
+@dataclasses.dataclass
+class Plan:
+  """Which checkpoint tensors make each parameter; `skipped` are the known-unused keys."""
+
+  targets: dict[tuple[str, ...], list[Piece]]
+  expected: dict[tuple[str, ...], object]  # path -> ShapeDtypeStruct-like (shape, dtype)
+  skipped: list[str]
+
+
+def _slot_shape(rule: Rule, layer, spec_shape) -> tuple[int, ...]:
+  shape = list(spec_shape[1:] if layer is not None else spec_shape)
+  if rule.part is not None:
+    n = rule.part[1]
+    if shape[rule.part_axis] % n:
+      raise ValueError(f"axis {rule.part_axis} of {tuple(spec_shape)} does not split in {n}")
+    shape[rule.part_axis] //= n
+  return tuple(shape)
+
+
+def layout_shape(rule: Rule, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The shape `rule`'s transform gives a tensor of `shape`, computed without any data."""
+  dummy = np.broadcast_to(np.zeros((), np.float32), tuple(shape))  # zero strides: no memory
+  return TRANSFORMS[rule.transform](dummy).shape
+
+
+def plan(rules: Iterable[Rule], shapes: Mapping[str, tuple], expected: dict,
+         skip: Iterable[str] = ()) -> Plan:
+  """Strictly matches a checkpoint's key names and shapes against the expected parameters.
+
+  Args:
+    rules: the family's table. shapes: torch key -> tensor shape.
+    expected: nested dict of ShapeDtypeStructs (e.g. `jax.eval_shape` of `init`, unboxed).
+    skip: regexes of known-unused keys.
+  Returns:
+    A `Plan` covering every expected parameter.
+  Raises:
+    ConversionError naming every unexpected, missing and mis-shaped key, with shapes.
+  """
+  rules = list(rules)
+  want = flatten_shapes(expected)
+  targets: dict[tuple[str, ...], list[Piece]] = {}
+  slots: dict[tuple[str, ...], set] = {}
+  unexpected, misshaped, skipped = [], [], []
+  for key, shape in shapes.items():
+    shape = tuple(shape)
+    if any(re.fullmatch(s, key) for s in skip):
+      skipped.append(key)
+      continue
+    hit = rename(rules, key)
+    if hit is None or hit[1] not in want:
+      unexpected.append(f"{key} {shape}" + (
+          "" if hit is None else f" (-> {'/'.join(hit[1])}, not a model parameter)"))
+      continue
+    rule, path, layer = hit
+    spec = want[path]
+    if layer is not None and not 0 <= layer < spec.shape[0]:
+      unexpected.append(f"{key}: layer {layer} outside 0..{spec.shape[0] - 1} of "
+                        f"{'/'.join(path)} {tuple(spec.shape)}")
+      continue
+    try:
+      slot_shape = _slot_shape(rule, layer, spec.shape)
+      out = layout_shape(rule, shape)
+    except (ValueError, IndexError) as e:
+      misshaped.append(f"{key}: {e}")
+      continue
+    if int(np.prod(out)) != int(np.prod(slot_shape)):
+      misshaped.append(f"{key}: shape {shape} does not fit expected {slot_shape} of "
+                       f"{'/'.join(path)} {tuple(spec.shape)} (after '{rule.transform}': {out})")
+      continue
+    slot = (layer, rule.part[0] if rule.part else None)
+    if slot in slots.setdefault(path, set()):
+      unexpected.append(f"{key}: a second tensor for {'/'.join(path)} slot {slot}")
+      continue
+    slots[path].add(slot)
+    targets.setdefault(path, []).append(Piece(key, rule, layer, slot_shape))
+  missing = []
+  for path, spec in want.items():
+    if path not in targets:
+      missing.append(f"{'/'.join(path)} {tuple(spec.shape)}")
+      continue
+    rule = targets[path][0].rule
+    layers = range(spec.shape[0]) if targets[path][0].layer is not None else [None]
+    parts = range(rule.part[1]) if rule.part else [None]
+    lost = sorted({(l, p) for l in layers for p in parts} - slots[path],
+                  key=lambda s: tuple(-1 if v is None else v for v in s))
+    if lost:
+      missing.append(f"{'/'.join(path)} {tuple(spec.shape)}: no tensor for "
+                     f"(layer, part) {lost}")
+  if unexpected or missing or misshaped:
+    lines = [f"checkpoint does not match the model ({len(unexpected)} unexpected, "
+             f"{len(missing)} missing, {len(misshaped)} mis-shaped):"]
+    lines += [f"  unexpected: {u}" for u in unexpected]
+    lines += [f"  missing: {m}" for m in missing]
+    lines += [f"  mis-shaped: {m}" for m in misshaped]
+    raise ConversionError("\n".join(lines))
+  return Plan(targets, want, skipped)
+
+
+def assemble(path, pieces: list[Piece], spec_shape, read: Callable[[str], np.ndarray],
+             dtype=None) -> np.ndarray:
+  """Builds one parameter from its pieces, reading one checkpoint tensor at a time.
+
+  Args:
+    path: the parameter's path (for messages). pieces: `Plan.targets[path]`.
+    spec_shape: the parameter's full shape. read: torch key -> array.
+    dtype: output dtype; None keeps the first tensor's dtype.
+  Returns:
+    The parameter as a numpy array of `spec_shape`.
+  """
+  single = len(pieces) == 1 and pieces[0].layer is None and pieces[0].rule.part is None
+  out = None
+  for piece in pieces:
+    src = read(piece.key)
+    if dtype is None:
+      dtype = src.dtype
+    arr = to_layout(piece.rule, src, piece.shape, piece.key)
+    del src
+    if single:
+      return np.ascontiguousarray(arr, dtype=dtype)
+    if out is None:
+      out = np.empty(tuple(spec_shape), dtype)
+    view = out if piece.layer is None else out[piece.layer]
+    if piece.rule.part is not None:
+      i, n = piece.rule.part
+      size = view.shape[piece.rule.part_axis] // n
+      view = np.moveaxis(view, piece.rule.part_axis, 0)[i * size:(i + 1) * size]
+      arr = np.moveaxis(arr, piece.rule.part_axis, 0)
+    view[...] = arr
+  return out
+
+
 def convert_tensors(rules: Iterable[Rule], tensors: Mapping[str, np.ndarray], expected: dict,
                     skip: Iterable[str] = ()):
   """Strictly maps a whole in-memory state dict onto the expected Flax parameter tree.
@@ -122,49 +273,8 @@ def convert_tensors(rules: Iterable[Rule], tensors: Mapping[str, np.ndarray], ex
   Raises:
     ConversionError naming every unexpected, missing and mis-shaped key.
   """
-  rules = list(rules)
-  want = flatten_shapes(expected)
-  got: dict[tuple[str, ...], np.ndarray] = {}
-  filled: dict[tuple[str, ...], set] = {}
-  unexpected, misshaped, skipped = [], [], []
-  for key, tensor in tensors.items():
-    if any(re.fullmatch(s, key) for s in skip):
-      skipped.append(key)
-      continue
-    hit = rename(rules, key)
-    if hit is None or hit[1] not in want:
-      unexpected.append(f"{key} {tuple(np.shape(tensor))}" + (
-          "" if hit is None else f" (-> {'/'.join(hit[1])}, not a model parameter)"))
-      continue
-    rule, path, layer = hit
-    spec = want[path]
-    shape = tuple(spec.shape[1:]) if layer is not None else tuple(spec.shape)
-    try:
-      arr = to_layout(rule, tensor, shape, key).astype(spec.dtype)
-    except ValueError as e:
-      misshaped.append(str(e))
-      continue
-    if layer is None:
-      got[path] = arr
-    else:
-      if not 0 <= layer < spec.shape[0]:
-        unexpected.append(f"{key}: layer {layer} outside 0..{spec.shape[0] - 1}")
-        continue
-      buf = got.setdefault(path, np.zeros(spec.shape, spec.dtype))
-      buf[layer] = arr
-      filled.setdefault(path, set()).add(layer)
-  missing = []
-  for path, spec in want.items():
-    if path not in got:
-      missing.append(f"{'/'.join(path)} {tuple(spec.shape)}")
-    elif path in filled and len(filled[path]) != spec.shape[0]:
-      lost = sorted(set(range(spec.shape[0])) - filled[path])
-      missing.append(f"{'/'.join(path)} layers {lost}")
-  if unexpected or missing or misshaped:
-    lines = [f"checkpoint does not match the model ({len(unexpected)} unexpected, "
-             f"{len(missing)} missing, {len(misshaped)} mis-shaped):"]
-    lines += [f"  unexpected: {u}" for u in unexpected]
-    lines += [f"  missing: {m}" for m in missing]
-    lines += [f"  mis-shaped: {m}" for m in misshaped]
-    raise ConversionError("\n".join(lines))
-  return unflatten(got), skipped
+  p = plan(rules, {k: np.shape(v) for k, v in tensors.items()}, expected, skip)
+  params = {path: assemble(path, pieces, p.expected[path].shape,
+                           lambda k: np.asarray(tensors[k]), p.expected[path].dtype)
+            for path, pieces in p.targets.items()}
+  return unflatten(params), p.skipped
