@@ -1,0 +1,96 @@
+"""Guided text-to-image sampling on the fixture's tiny Janus (16 image tokens, 64x64 pixels)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from janus_jax.parity import sampling_cases
+from janus_jax.sampling import image_ar
+from janus_jax.sampling import samplers
+
+PAD = 3
+P = 16  # image tokens of the tiny VQ at 64 px
+PROMPTS = [[1, 15, 126, 466, 241, 427, 340, 5], [1, 20, 5], [1, 300, 301, 302, 5]]
+
+
+def test_prompt_batch_layout():
+  b = image_ar.prompt_batch([[1, 7, 8, 5], [1, 9, 5]], num_images=2, pad_id=PAD)
+  assert b.tokens.shape == (8, 4)
+  np.testing.assert_array_equal(b.tokens[0], [1, 7, 8, 5])  # cond
+  np.testing.assert_array_equal(b.tokens[1], [1, PAD, PAD, 5])  # uncond: BOS and BOI kept
+  np.testing.assert_array_equal(b.tokens[2:4], b.tokens[0:2])  # second image of prompt 0
+  np.testing.assert_array_equal(b.tokens[4], [PAD, 1, 9, 5])  # left padding
+  np.testing.assert_array_equal(b.tokens[5], [PAD, 1, PAD, 5])
+  np.testing.assert_array_equal(b.mask[1], [1, 1, 1, 1])  # in-prompt pads are attended
+  np.testing.assert_array_equal(b.mask[5], [0, 1, 1, 1])  # left padding is not
+  np.testing.assert_array_equal(b.positions[4], [0, 0, 1, 2])
+
+
+def test_fixture_t2i_greedy(janus_fixture):
+  fx, model, params = janus_fixture
+  case = fx.cases["t2i_greedy"]
+  out = sampling_cases.t2i_greedy(model, params, case)
+  np.testing.assert_array_equal(out["tokens"], case.outputs["tokens"])
+  for k in ("step_logits", "pixels"):
+    np.testing.assert_allclose(out[k], case.outputs[k], atol=case.atol, rtol=case.rtol)
+
+
+def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
+  _, model, params = janus_fixture
+  codes, logits = image_ar.guided_logits(model, params, PROMPTS, num_images=2, cfg_weight=5.0,
+                                         pad_id=PAD, num_tokens=P)
+  assert codes.shape == (6, P)
+  for i, ids in enumerate(PROMPTS):
+    alone_codes, alone_logits = image_ar.guided_logits(model, params, [ids], num_images=1,
+                                                       cfg_weight=5.0, pad_id=PAD, num_tokens=P)
+    for k in (2 * i, 2 * i + 1):
+      np.testing.assert_array_equal(codes[k], alone_codes[0])
+      np.testing.assert_allclose(logits[k], alone_logits[0], atol=2e-4, rtol=2e-4)
+  assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
+
+
+def test_cfg_weight_one_equals_conditional_branch(janus_fixture):
+  _, model, params = janus_fixture
+  guided = image_ar.generate(model, params, PROMPTS, cfg_weight=1.0, sampler=samplers.Greedy(),
+                             rng=jax.random.key(0), pad_id=PAD, num_tokens=P, decode=False)
+  cond = image_ar.generate(model, params, PROMPTS, cfg_weight=None, sampler=samplers.Greedy(),
+                           rng=jax.random.key(0), pad_id=PAD, num_tokens=P, decode=False)
+  np.testing.assert_array_equal(guided.codes, cond.codes)
+  w5 = image_ar.generate(model, params, PROMPTS, cfg_weight=5.0, sampler=samplers.Greedy(),
+                         rng=jax.random.key(0), pad_id=PAD, num_tokens=P, decode=False)
+  assert (w5.codes != cond.codes).any()  # guidance does something at w != 1
+
+
+def test_seed_reproduces_and_changes(janus_fixture):
+  _, model, params = janus_fixture
+  kw = dict(num_images=2, cfg_weight=5.0, sampler=samplers.Sampling(top_k=50, top_p=0.95),
+            pad_id=PAD, num_tokens=P)
+  a = image_ar.generate(model, params, PROMPTS[:2], rng=jax.random.key(1), **kw)
+  b = image_ar.generate(model, params, PROMPTS[:2], rng=jax.random.key(1), **kw)
+  c = image_ar.generate(model, params, PROMPTS[:2], rng=jax.random.key(2), **kw)
+  np.testing.assert_array_equal(a.codes, b.codes)
+  np.testing.assert_array_equal(a.images, b.images)
+  assert (a.codes != c.codes).any()
+  assert (a.codes[0] != a.codes[1]).any()  # the images of one prompt differ from each other
+  assert a.images.shape == (4, 64, 64, 3) and a.images.dtype == np.uint8
+
+
+def test_uint8_conversion_truncates_like_reference():
+  x = np.array([-2.0, -1.0, 0.0, 0.999, 1.0, 3.0, 254.9 / 255 * 2 - 1], np.float32)
+  want = np.zeros(x.shape, np.uint8)
+  want[:] = np.clip((x + 1) / 2 * 255, 0, 255)  # the reference: uint8 assignment truncates
+  np.testing.assert_array_equal(np.asarray(image_ar.to_uint8(jnp.asarray(x))), want)
+  assert want[-1] == 254
+
+
+def test_bad_prompts_are_refused(janus_fixture):
+  _, model, params = janus_fixture
+  kw = dict(sampler=samplers.Greedy(), rng=jax.random.key(0), pad_id=PAD, num_tokens=P)
+  with pytest.raises(ValueError, match="prompt 1 is empty"):
+    image_ar.generate(model, params, [[1, 5], []], **kw)
+  context = model.config.llm.max_position_embeddings
+  with pytest.raises(ValueError, match=f"prompt 0 has {context} tokens"):
+    image_ar.generate(model, params, [[1] * context], **kw)
+  with pytest.raises(ValueError, match="num_images"):
+    image_ar.generate(model, params, [[1, 5]], num_images=0, **kw)
