@@ -26,6 +26,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import tempfile
 import time
 import types
@@ -36,7 +37,7 @@ import numpy as np
 
 from janus_jax.convert import rules
 
-FAMILIES = ("janus", "janus_hf", "janusflow")  # modules of janus_jax.convert, detection order
+FAMILIES = ("janus", "janus_hf", "janusflow", "vae")  # janus_jax.convert modules, detection order
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _DTYPES = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}
 
@@ -248,12 +249,22 @@ def detect_family(keys) -> tuple[str, types.ModuleType]:
                         f"first keys: {sample}")
 
 
-def abstract_params(model) -> dict:
-  """Nested dict of ShapeDtypeStructs of `model`'s parameters (no memory allocated)."""
+def abstract_params(fam, config) -> dict:
+  """Nested dict of the model's parameter ShapeDtypeStructs (nothing allocated).
+
+  Uses the family's `abstract_params(config)` when it has one; otherwise runs `init_all` of
+  `build_model(config)` under `jax.eval_shape`, with the dummy inputs of the model module's
+  `init_inputs(config)` if it defines them.
+  """
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), method=model.init_all))
-  return nn.meta.unbox(shapes)["params"]
+  if hasattr(fam, "abstract_params"):
+    return nn.meta.unbox(fam.abstract_params(config))
+  model = fam.build_model(config)
+  module = sys.modules[type(model).__module__]
+  args = module.init_inputs(config) if hasattr(module, "init_inputs") else ()
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, method=model.init_all))
+  return nn.meta.unbox(shapes["params"])
 
 
 # --------------------------------------------------------------------------- config json
@@ -385,7 +396,7 @@ def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = Fa
   log(f"family: {name} ({len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s))")
   shapes = {k: v.shape for k, v in ckpt.tensors.items()}
   config = fam.config_from(ckpt.config, shapes, extra)
-  expected = abstract_params(fam.build_model(config))
+  expected = abstract_params(fam, config)
   plan = rules.plan(fam.RULES, shapes, expected, fam.SKIP)
 
   _check_out_dir(out_dir, overwrite)

@@ -9,6 +9,9 @@ After the layout transform the tensor is reshaped to the expected Flax shape whe
 grouping of axes differs (e.g. q_proj (N*H, D) -> (D, N, H)); any other mismatch is an error.
 Keys matched by `SKIP` patterns are known-unused and are dropped (and reported).
 
+A `fallback` rule offers a key a second target that is used only when the checkpoint has no
+tensor of its own for it (e.g. an `lm_head` tied to the input embedding).
+
 A rule with `part=(i, n)` writes block i of n equal blocks of the target along `part_axis`
 (of the per-layer target): several checkpoint tensors fill one parameter, e.g. transformers'
 separate q/k/v projections filling a fused qkv kernel.
@@ -53,6 +56,9 @@ class Rule:
   stack: int | None = None  # regex group holding the layer index of a scanned parameter
   part: tuple[int, int] | None = None  # (block index, block count) of a fused target
   part_axis: int = -1  # axis of the (per-layer) target that the blocks split
+  # Also offer this key for `target` when no other tensor provides it (tied weights): matched
+  # in addition to the key's ordinary rule, and never reported as unexpected.
+  fallback: bool = False
 
   def match(self, key: str):
     """Returns (flax path tuple, layer index or None) if `key` matches, else None."""
@@ -64,9 +70,9 @@ class Rule:
 
 
 def rename(rules: Iterable[Rule], key: str):
-  """The first rule matching `key` as (rule, path, layer) or None."""
+  """The first ordinary (non-fallback) rule matching `key` as (rule, path, layer) or None."""
   for rule in rules:
-    hit = rule.match(key)
+    hit = None if rule.fallback else rule.match(key)
     if hit is not None:
       return rule, hit[0], hit[1]
   return None
@@ -204,6 +210,18 @@ def plan(rules: Iterable[Rule], shapes: Mapping[str, tuple], expected: dict,
       continue
     slots[path].add(slot)
     targets.setdefault(path, []).append(Piece(key, rule, layer, slot_shape))
+  for rule in (r for r in rules if r.fallback):
+    for key, shape in shapes.items():
+      hit = rule.match(key)
+      if hit is None or hit[0] not in want or hit[0] in targets:
+        continue
+      spec = want[hit[0]]
+      if int(np.prod(layout_shape(rule, tuple(shape)))) != int(np.prod(spec.shape)):
+        misshaped.append(f"{key}: shape {tuple(shape)} does not fit expected "
+                         f"{tuple(spec.shape)} of {'/'.join(hit[0])} (as a tied weight)")
+        continue
+      targets[hit[0]] = [Piece(key, rule, None, tuple(spec.shape))]
+      slots[hit[0]] = {(None, None)}
   missing = []
   for path, spec in want.items():
     if path not in targets:

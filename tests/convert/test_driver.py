@@ -367,3 +367,24 @@ def test_unknown_layout(tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "janus_jax.convert.standin", StandIn)
   with pytest.raises(driver.CheckpointError, match="no converter family recognises"):
     driver.detect_family(["foo.weight"])
+
+
+def test_janus_fixture_through_cli(tmp_path, fixtures_dir, capsys):
+  """The real original-layout family: CLI conversion equals the in-memory strict merge."""
+  from janus_jax.convert import janus as janus_table  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  root = fixtures_dir / "janus_tiny"
+  assert convert_torch.main([str(root), str(tmp_path / "out"), "--no-progress", "--extra",
+                             str(root / "fixture.json"), "--chunk-mib", "1"]) == 0
+  out = capsys.readouterr().out
+  assert "family: janus (420 tensors in 1 file(s))" in out
+  assert "skipped 14 known-unused tensors: gen_vision_model.quantize.codebook_used," in out
+  config, params = driver.load_converted(tmp_path / "out")
+  fixture_cfg = json.loads((root / "config.json").read_text())
+  extra = json.loads((root / "fixture.json").read_text())["extra"]
+  tensors = load_file(str(root / "model.safetensors"))
+  shapes = {k: v.shape for k, v in tensors.items()}
+  assert config == janus_table.config_from(fixture_cfg, shapes, extra)
+  want, _ = rules.convert_tensors(janus_table.RULES, tensors,
+                                  driver.abstract_params(janus_table, config), janus_table.SKIP)
+  assert_params_equal(params, want)
