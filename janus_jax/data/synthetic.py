@@ -107,3 +107,22 @@ def write_raw_files(root: str, n: int = 6, seed: int = 0) -> dict:
     for i in range(n):
       f.write(json.dumps({"image": f"captions/img{i}.png", "caption": sentence(rng)}) + "\n")
   return {"folder": folder, "conversations": conv, "text": text, "captions": caps}
+
+
+TINY_IMAGE_TOKENS = 16
+TINY_IMAGE_SIZE = 32
+
+
+def tiny_config(family: str = "janus_pro", **kw):
+  """A small pipeline config (16 image tokens, 32 px images, rows of 256); kw override fields
+  of `pipeline.Config` or of its `examples.Config`."""
+  from janus_jax.data import examples  # pylint: disable=import-outside-toplevel
+  from janus_jax.data import pipeline  # (pipeline imports nothing from here; kept local anyway)
+  ex = dict(family=family, seq_len=256, image_tokens=TINY_IMAGE_TOKENS,
+            image_size=TINY_IMAGE_SIZE, max_images_per_row=4)
+  for k in list(kw):
+    if k in examples.Config.__dataclass_fields__:
+      ex[k] = kw.pop(k)
+  kw.setdefault("batch_size", 4)
+  kw.setdefault("ratios", (2.0, 1.0, 2.0))
+  return pipeline.Config(example=examples.Config(**ex), **kw)

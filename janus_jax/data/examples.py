@@ -1,0 +1,212 @@
+"""Raw records -> training examples of the three kinds, in one common per-example format.
+
+Per-example format (numpy, T = example length, n = its images, S = image size):
+  kind             int    0 understanding, 1 pure text, 2 generation (`mixture.UND/TEXT/GEN`)
+  input_ids        (T,)   int32  vocabulary ids, BOS first; image slots hold `<image_placeholder>`,
+                                 generation code slots hold the pad id (their embedding is replaced)
+  targets          (T,)   int32  what position t predicts: next vocabulary id, or next VQ code where
+                                 `image_loss`; 0 where no loss applies
+  text_loss        (T,)   bool   loss through lm_head: answers (+ their EOS) for understanding,
+                                 every token after BOS for pure text, nothing for generation
+  image_loss       (T,)   bool   loss through gen_head: BOI and codes 0..P-2 predict codes 0..P-1
+  images_seq_mask  (T,)   bool   slots that take understanding image embeddings (P per image;
+                                 P + 1 with BOI for JanusFlow)
+  gen_mask         (T,)   bool   slots whose input is gen_aligner(gen_embed(image_codes))
+  image_codes      (T,)   int32  the VQ code at `gen_mask` slots, 0 elsewhere
+  pixels           (n,S,S,3) float32  normalised understanding images
+A record that cannot be used becomes `{"bad": reason}`; the pipeline skips and counts it.
+
+Generation sequence (Janus): `[BOS][t2i prompt ... BOI][P codes]` (+ `[EOI]` if `gen_eoi`, never a
+loss target: sampling stops after P codes). With probability `caption_dropout` the prompt between
+BOS and BOI is replaced by pad ids of the same length, exactly the unconditional row of CFG sampling.
+"""
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+
+from janus_jax.data import chat
+from janus_jax.data import mixture
+from janus_jax.data import preprocess
+from janus_jax.data import tokenizer as tokenizer_lib
+
+USER_NAMES = ("user", "human", "<|user|>")
+ASSISTANT_NAMES = ("assistant", "gpt", "<|assistant|>")
+
+# Reasons a record is skipped (keys of the pipeline's counters).
+BAD_REASONS = ("bad_image", "empty_caption", "empty_text", "no_assistant_turn", "bad_roles",
+               "image_count_mismatch", "bad_codes", "too_long", "too_many_images")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Per-example settings.
+
+  family: "janus_pro" | "janus" | "janusflow" (roles, BOI-as-slot rule).
+  seq_len: packed row length L; longer examples are skipped as "too_long".
+  max_images_per_row: M, understanding images a packed row can hold.
+  image_tokens: P, embeddings per image (576 = (384/16)^2).
+  caption_dropout: probability of replacing a generation prompt by pads (CFG training).
+  gen_eoi: append `<end_of_image>` after the codes (no loss on it).
+  system_prompt: system prompt of understanding conversations ("" for none).
+  """
+  family: str = "janus_pro"
+  seq_len: int = 4096
+  max_images_per_row: int = 4
+  image_tokens: int = 576
+  image_size: int = 384
+  caption_dropout: float = 0.1
+  gen_eoi: bool = False
+  system_prompt: str = chat.SYSTEM_PROMPT
+
+  @property
+  def slots_per_image(self) -> int:
+    return self.image_tokens + (self.family == "janusflow")
+
+
+class Bad(Exception):
+  """Internal: the record is unusable for `reason`."""
+
+  def __init__(self, reason: str, detail: str = ""):
+    super().__init__(f"{reason}: {detail}")
+    self.reason, self.detail = reason, detail
+
+
+def _example(kind, ids, targets, text_loss, image_loss=None, seq_mask=None, gen_mask=None,
+             codes=None, pixels=None, image_size=384) -> dict:
+  t = len(ids)
+  z = lambda dt: np.zeros((t,), dt)  # noqa: E731
+  return {
+      "kind": kind,
+      "input_ids": ids.astype(np.int32),
+      "targets": targets.astype(np.int32),
+      "text_loss": text_loss,
+      "image_loss": z(bool) if image_loss is None else image_loss,
+      "images_seq_mask": z(bool) if seq_mask is None else seq_mask,
+      "gen_mask": z(bool) if gen_mask is None else gen_mask,
+      "image_codes": z(np.int32) if codes is None else codes.astype(np.int32),
+      "pixels": (np.zeros((0, image_size, image_size, 3), np.float32)
+                 if pixels is None else pixels),
+  }
+
+
+def _shift(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Next-token targets and the loss mask moved onto the predicting position."""
+  targets = np.zeros_like(ids)
+  loss = np.zeros(ids.shape, bool)
+  targets[:-1] = ids[1:]
+  loss[:-1] = mask[1:]
+  return np.where(loss, targets, 0), loss
+
+
+class Builder:
+  """Turns (kind, raw record) into an example dict; picklable for grain workers."""
+
+  def __init__(self, tok: tokenizer_lib.Tokenizer, cfg: Config):
+    self.tok, self.cfg = tok, cfg
+    self.roles = chat.roles(cfg.family)
+    self.und_cfg = preprocess.UnderstandingConfig(image_size=cfg.image_size)
+
+  def __call__(self, item, rng: np.random.Generator) -> dict:
+    kind, record = item
+    try:
+      ex = (self.understanding, self.text, self.generation)[kind](record, rng)
+    except Bad as e:
+      return {"bad": e.reason, "detail": e.detail, "kind": kind}
+    if len(ex["input_ids"]) > self.cfg.seq_len:
+      return {"bad": "too_long", "kind": kind,
+              "detail": f"{len(ex['input_ids'])} tokens > seq_len {self.cfg.seq_len}"}
+    return ex
+
+  # -- understanding ----------------------------------------------------------------------------
+
+  def _image(self, src, name: str) -> np.ndarray:
+    try:
+      if isinstance(src, np.ndarray):
+        img = Image.fromarray(src.astype(np.uint8)).convert("RGB")
+      else:
+        img = preprocess.load_image(src, name=name)
+    except preprocess.BadImageError as e:
+      raise Bad("bad_image", str(e)) from e
+    return preprocess.understanding_pixels(img, self.und_cfg)
+
+  def understanding(self, record: dict, rng) -> dict:
+    del rng
+    system = self.cfg.system_prompt
+    messages = []
+    for role, content in zip(record["roles"], record["contents"]):
+      r = role.strip().lower()
+      if r == "system":
+        system = content.strip()
+      elif r in USER_NAMES or r in ASSISTANT_NAMES:
+        want = USER_NAMES if len(messages) % 2 == 0 else ASSISTANT_NAMES
+        if r not in want:
+          raise Bad("bad_roles", f"turn {len(messages)} is {role!r}")
+        messages.append([self.roles.user if r in USER_NAMES else self.roles.assistant, content])
+      else:
+        raise Bad("bad_roles", f"unknown role {role!r}")
+    if not any(c.strip() for _, c in messages[1::2]):
+      raise Bad("no_assistant_turn", f"{len(messages)} turns")
+    images = list(record.get("images", []))
+    n_tags = sum(c.count(tokenizer_lib.IMAGE) for _, c in messages)
+    if n_tags == 0 and images:
+      # Data without explicit tags: images go first in the first user turn (reference layout).
+      messages[0][1] = "\n".join([tokenizer_lib.IMAGE] * len(images) + [messages[0][1].strip()])
+    elif n_tags != len(images):
+      raise Bad("image_count_mismatch", f"{n_tags} placeholders, {len(images)} images")
+    if len(images) > self.cfg.max_images_per_row:
+      raise Bad("too_many_images", f"{len(images)} > {self.cfg.max_images_per_row}")
+    names = list(record.get("image_paths") or [f"<conversation image {i}>"
+                                                for i in range(len(images))])
+    pixels = np.stack([self._image(s, n) for s, n in zip(images, names)]) if images else None
+    formatted = chat.format_conversation([tuple(m) for m in messages], system=system)
+    toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
+    targets, loss = _shift(toks.input_ids, toks.answer_mask)
+    return _example(mixture.UND, toks.input_ids, targets, loss, seq_mask=toks.images_seq_mask,
+                    pixels=pixels, image_size=self.cfg.image_size)
+
+  # -- pure text --------------------------------------------------------------------------------
+
+  def text(self, record: dict, rng) -> dict:
+    del rng
+    text = record["text"].strip()
+    if not text:
+      raise Bad("empty_text")
+    ids = np.concatenate([self.tok.encode(text), [self.tok.special.eos]]).astype(np.int32)
+    mask = np.ones(ids.shape, bool)
+    mask[0] = False  # BOS is never predicted
+    targets, loss = _shift(ids, mask)
+    return _example(mixture.TEXT, ids, targets, loss, image_size=self.cfg.image_size)
+
+  # -- generation -------------------------------------------------------------------------------
+
+  def generation(self, record: dict, rng: np.random.Generator) -> dict:
+    caption = record["caption"].strip()
+    if not caption:
+      raise Bad("empty_caption")
+    codes = np.asarray(record["codes"]).reshape(-1)
+    p = self.cfg.image_tokens
+    if codes.shape != (p,) or not np.issubdtype(codes.dtype, np.integer) or codes.min() < 0:
+      raise Bad("bad_codes", f"codes {codes.shape} {codes.dtype}, expected ({p},) integers")
+    sp = self.tok.special
+    prompt = self.tok.encode(chat.t2i_prompt(self.cfg.family, caption))
+    if prompt[-1] != sp.boi:
+      raise Bad("empty_caption", "prompt does not end with <begin_of_image>")
+    if self.cfg.caption_dropout and rng.random() < self.cfg.caption_dropout:
+      prompt = prompt.copy()
+      prompt[1:-1] = sp.pad  # keep BOS and BOI, as the unconditional CFG row
+    n = len(prompt)
+    tail = [sp.eoi] if self.cfg.gen_eoi else []
+    ids = np.concatenate([prompt, np.full(p, sp.pad), tail]).astype(np.int32)
+    t = len(ids)
+    gen_mask = np.zeros(t, bool)
+    gen_mask[n:n + p] = True
+    image_codes = np.zeros(t, np.int32)
+    image_codes[n:n + p] = codes
+    image_loss = np.zeros(t, bool)
+    image_loss[n - 1:n - 1 + p] = True  # BOI predicts code 0, code k predicts code k+1
+    targets = np.zeros(t, np.int32)
+    targets[n - 1:n - 1 + p] = codes
+    return _example(mixture.GEN, ids, targets, np.zeros(t, bool), image_loss=image_loss,
+                    gen_mask=gen_mask, codes=image_codes, image_size=self.cfg.image_size)

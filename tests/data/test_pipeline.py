@@ -1,0 +1,197 @@
+"""Pipeline: masks per kind, packing isolation, mixture ratios, host sharding, resume, bad data."""
+
+import collections
+import io
+import json
+
+import grain.python as grain
+import numpy as np
+import pytest
+from PIL import Image
+
+from janus_jax.data import chat
+from janus_jax.data import examples
+from janus_jax.data import mixture
+from janus_jax.data import packing
+from janus_jax.data import pipeline
+from janus_jax.data import synthetic
+
+P, S = synthetic.TINY_IMAGE_TOKENS, synthetic.TINY_IMAGE_SIZE
+tiny_config = synthetic.tiny_config
+
+NO_SHARD = grain.NoSharding()
+
+
+def sources(n=24):
+  return [synthetic.und_records(n), synthetic.text_records(n), synthetic.gen_records(n, P)]
+
+
+def build(tok, kind, record, cfg=None, seed=0):
+  cfg = cfg or tiny_config()
+  return examples.Builder(tok, cfg.example)((kind, record), np.random.default_rng(seed))
+
+
+def test_understanding_masks(tok):
+  rec = {"images": [synthetic.png_bytes(np.random.default_rng(0), 50, 30)],
+         "roles": ["user", "assistant", "user", "assistant"],
+         "contents": ["<image_placeholder>\nwhat is this?", "a red cat", "and?", "a blue dog"]}
+  ex = build(tok, mixture.UND, rec)
+  ids, sp = ex["input_ids"], tok.special
+  assert ex["images_seq_mask"].sum() == P and (ids[ex["images_seq_mask"]] == sp.image).all()
+  assert ex["pixels"].shape == (1, S, S, 3)
+  # The loss targets, read back, are exactly the two answers with their EOS, nothing else.
+  answer = ex["targets"][ex["text_loss"]]
+  assert tok.decode(answer, skip_special_tokens=False) == " a red cat" + "<｜end▁of▁sentence｜>" + \
+      " a blue dog<｜end▁of▁sentence｜>"
+  np.testing.assert_array_equal(ex["targets"][:-1][ex["text_loss"][:-1]],
+                                ids[1:][ex["text_loss"][:-1]])
+  assert not ex["image_loss"].any() and not ex["gen_mask"].any()
+  assert not ex["text_loss"][ex["images_seq_mask"]].any()
+
+
+def test_understanding_janusflow_slots(tok):
+  rec = {"images": [synthetic.png_bytes(np.random.default_rng(0), 20, 20)],
+         "roles": ["user", "assistant"], "contents": ["describe", "a cat"]}  # no tag: prepended
+  ex = build(tok, mixture.UND, rec, tiny_config(family="janusflow"))
+  assert ex["images_seq_mask"].sum() == P + 1
+  assert ex["input_ids"][np.flatnonzero(ex["images_seq_mask"])[0]] == tok.special.boi
+
+
+def test_text_masks(tok):
+  ex = build(tok, mixture.TEXT, {"text": "the cat sits on the mat"})
+  ids = ex["input_ids"]
+  assert ids[0] == tok.special.bos and ids[-1] == tok.special.eos
+  assert ex["text_loss"][:-1].all() and not ex["text_loss"][-1]
+  np.testing.assert_array_equal(ex["targets"][:-1], ids[1:])
+
+
+def test_generation_masks_and_caption_dropout(tok):
+  rec = synthetic.gen_records(1, P)[0]
+  ex = build(tok, mixture.GEN, rec, tiny_config(caption_dropout=0.0))
+  sp = tok.special
+  prompt = tok.encode(chat.t2i_prompt("janus_pro", rec["caption"]))
+  n = len(prompt)
+  np.testing.assert_array_equal(ex["input_ids"][:n], prompt)
+  assert len(ex["input_ids"]) == n + P and ex["input_ids"][n - 1] == sp.boi
+  np.testing.assert_array_equal(ex["image_codes"][ex["gen_mask"]], rec["codes"])
+  assert np.flatnonzero(ex["gen_mask"])[0] == n
+  # BOI predicts code 0, code k predicts code k + 1; nothing else carries a loss.
+  assert np.flatnonzero(ex["image_loss"]).tolist() == list(range(n - 1, n - 1 + P))
+  np.testing.assert_array_equal(ex["targets"][ex["image_loss"]], rec["codes"])
+  assert not ex["text_loss"].any() and not ex["images_seq_mask"].any()
+  # Dropout: prompt between BOS and BOI becomes pads, same length; codes untouched.
+  drop = build(tok, mixture.GEN, rec, tiny_config(caption_dropout=1.0))
+  assert drop["input_ids"][0] == sp.bos and drop["input_ids"][n - 1] == sp.boi
+  assert (drop["input_ids"][1:n - 1] == sp.pad).all()
+  np.testing.assert_array_equal(drop["targets"], ex["targets"])
+  rate = np.mean([(build(tok, mixture.GEN, rec, tiny_config(), seed=s)["input_ids"][1] == sp.pad)
+                  for s in range(400)])
+  assert 0.06 < rate < 0.14  # default 0.1
+
+
+def test_packing_never_crosses_examples(tok):
+  it = pipeline.make(sources(), tok, tiny_config(), NO_SHARD)
+  for _ in range(3):
+    b = next(it)
+    seg, pos = b["segment_ids"], b["positions"]
+    mask = packing.attention_mask(seg)
+    for r in range(seg.shape[0]):
+      for s in np.unique(seg[r][seg[r] > 0]):
+        idx = np.flatnonzero(seg[r] == s)
+        assert (np.diff(idx) == 1).all() and pos[r, idx].tolist() == list(range(len(idx)))
+        assert b["input_ids"][r, idx[0]] == tok.special.bos
+        # Every query of this segment attends only to keys of this segment.
+        assert not mask[r][np.ix_(idx, np.flatnonzero(seg[r] != s))].any()
+      pad = seg[r] == 0
+      assert not (b["text_loss"][r] | b["image_loss"][r])[pad].any() and (b["kinds"][r][pad] == -1).all()
+    # Images land in the row of their slots: slots per row == images per row * P.
+    np.testing.assert_array_equal(b["images_seq_mask"].sum(1), b["images_emb_mask"].sum((1, 2)))
+
+
+def test_mixture_hits_ratios():
+  mix = mixture.Mixture([range(1000), range(50), range(300)], (5, 1, 4))
+  assert mix.counts == (5, 1, 4) and len(mix) == 2000  # und needs the most periods: 1000 / 5
+  kinds = np.asarray([mix.locate(i)[0] for i in range(len(mix))])
+  assert np.bincount(kinds).tolist() == [1000, 200, 800]
+  # A shuffled window (what the sampler produces) is within sampling error of the ratios.
+  sampler = grain.IndexSampler(len(mix), NO_SHARD, shuffle=True, num_epochs=1, seed=3)
+  window = np.asarray([mix.locate(sampler[i].record_key)[0] for i in range(1000)])
+  frac = np.bincount(window, minlength=3) / 1000
+  sd = np.sqrt(np.asarray([.5, .1, .4]) * np.asarray([.5, .9, .6]) / 1000)
+  assert (np.abs(frac - [.5, .1, .4]) < 4 * sd).all()
+  assert mixture.integer_counts((0.14, 0.8, 0.06)) == (7, 40, 3)
+  with pytest.raises(ValueError, match="source is empty"):
+    mixture.Mixture([range(3), None, range(3)], (1, 1, 1))
+
+
+def _keys(tok, shard):
+  cfg = tiny_config(num_epochs=1, shuffle=True)
+  loader = pipeline.make_loader([synthetic.und_records(0) or None, synthetic.text_records(40),
+                                 synthetic.gen_records(40, P)], tok,
+                                pipeline.Config(**{**cfg.__dict__, "ratios": (0, 1, 1)}), shard)
+  out = []
+  for ex in loader:
+    out.append(tuple(ex["input_ids"].tolist()) + tuple(ex["image_codes"].tolist()))
+  return out
+
+
+def test_two_hosts_see_disjoint_data(tok):
+  a = _keys(tok, grain.ShardOptions(0, 2, drop_remainder=True))
+  b = _keys(tok, grain.ShardOptions(1, 2, drop_remainder=True))
+  assert len(a) == len(b) == 40 and not set(a) & set(b)
+  assert len(set(a) | set(b)) == 80  # together: the whole epoch, each record once
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_restore_continues_with_exactly_the_next_batches(tok, workers):
+  cfg = tiny_config(worker_count=workers)
+  it = pipeline.make(sources(), tok, cfg, NO_SHARD)
+  for _ in range(2):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))  # must survive a JSON round trip
+  expected = [next(it) for _ in range(3)]
+  fresh = pipeline.make(sources(), tok, cfg, NO_SHARD)
+  fresh.set_state(state)
+  for want in expected:
+    got = next(fresh)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  assert fresh.stats["batches"] == it.stats["batches"]
+
+
+def corrupt_sources():
+  rng = np.random.default_rng(0)
+  good = synthetic.und_records(30)  # sizes 34 / 34 / 34 at ratio 1:1:1: each record read once
+  png = synthetic.png_bytes(rng, 40, 30)
+  buf = io.BytesIO()
+  Image.new("RGB", (1, 1)).save(buf, format="PNG")
+  und = good + [
+      {"images": [png[:len(png) // 2]], "roles": ["user", "assistant"], "contents": ["q", "a"]},
+      {"images": [buf.getvalue()], "roles": ["user", "assistant"], "contents": ["q", "a"]},
+      {"images": [], "roles": ["user"], "contents": ["only a question"]},
+      {"images": [], "roles": ["user", "assistant"], "contents": ["q", "   "]},
+  ]
+  gen = synthetic.gen_records(33, P) + [{"caption": "  ", "codes": np.zeros(P, np.int32)}]
+  text = synthetic.text_records(33) + [{"text": " ".join(["cat"] * 400)}]  # > seq_len 256
+  return [und, text, gen]
+
+
+def test_bad_data_is_skipped_and_counted(tok, caplog):
+  cfg = tiny_config(num_epochs=1, shuffle=False, max_bad_fraction=0.5, ratios=(1, 1, 1))
+  it = pipeline.make(corrupt_sources(), tok, cfg, NO_SHARD)
+  batches = list(it)
+  stats = it.stats
+  reasons = {k: v for k, v in stats.items() if k.startswith("bad/")}
+  assert reasons == {"bad/bad_image": 2, "bad/no_assistant_turn": 2, "bad/empty_caption": 1,
+                     "bad/too_long": 1}
+  assert stats["bad"] == 6 and stats["records"] == 102 and stats["examples"] == 96
+  assert sum(int(b["segment_ids"].max(1).sum()) for b in batches) == stats["examples"]
+  assert "skipping" in caplog.text
+
+
+def test_bad_fraction_limit_raises(tok):
+  cfg = tiny_config(num_epochs=1, shuffle=False, max_bad_fraction=0.01, ratios=(1, 1, 1),
+                    min_records_for_bad_check=10)
+  it = pipeline.make(corrupt_sources(), tok, cfg, NO_SHARD)
+  with pytest.raises(pipeline.BadDataError, match="max_bad_fraction"):
+    list(it)
