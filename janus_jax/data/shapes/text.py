@@ -1,0 +1,182 @@
+"""Captions and question/answer pairs for shapes-world scenes.
+
+Captions come in styles; each is a grammar over the scene's objects, listed in reading order:
+  shape         "two circles and a square"
+  colour        "two red circles and a blue square"        (groups equal (colour, shape))
+  size          "a large red circle and a small blue square" (groups equal (size, colour, shape))
+  position      "a red circle in the top left and a blue square in the centre"
+  full          "a small red circle in the top left and a large blue square in the centre"
+  relation      "a red circle on the left of a blue square" (two objects, distinct descriptors)
+ShapesEval writes its prompts with these same functions, so an evaluation prompt is always a
+sentence of the training grammar, only about a held-out composition.
+
+Questions (answers are one or two lowercase words; counts are number words):
+  "how many shapes are there?" / "how many circles are there?" / "how many red shapes are there?"
+  "what colour is the circle?" (shape unique)   "what shape is the red object?" (colour unique)
+  "where is the red circle?" -> a cell name     "what size is the red circle?" -> small | large
+  "is there a red circle?" -> yes | no          "is the red circle above the blue square?"
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from janus_jax.data.shapes import world
+
+NUMBERS = ("zero", "one", "two", "three")
+STYLES = ("shape", "colour", "size", "position", "full", "relation")
+# Relation phrase -> predicate on (a, b) cells.
+RELATIONS = {
+    "on the left of": lambda a, b: a[1] < b[1],
+    "on the right of": lambda a, b: a[1] > b[1],
+    "above": lambda a, b: a[0] < b[0],
+    "below": lambda a, b: a[0] > b[0],
+}
+CELL_PHRASES = {
+    (0, 0): "in the top left", (0, 1): "at the top", (0, 2): "in the top right",
+    (1, 0): "on the left", (1, 1): "in the centre", (1, 2): "on the right",
+    (2, 0): "in the bottom left", (2, 1): "at the bottom", (2, 2): "in the bottom right",
+}
+
+
+def plural(shape: str) -> str:
+  return shape + "s"
+
+
+def noun_phrase(count: int, words: Sequence[str], shape: str) -> str:
+  """"a red circle" / "two red circles" (words are the adjectives before the noun)."""
+  head = "a" if count == 1 else NUMBERS[count]
+  return " ".join([head, *words, shape if count == 1 else plural(shape)])
+
+
+def join(phrases: Sequence[str]) -> str:
+  """"x", "x and y", "x, y and z"."""
+  if len(phrases) == 1:
+    return phrases[0]
+  return ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def _grouped(objects: Sequence[world.Object], attrs: Sequence[str]) -> str:
+  """Counts objects by their `attrs` (ending in "shape"), in order of first appearance."""
+  groups: dict[tuple, int] = {}
+  for o in objects:
+    key = tuple(getattr(o, a) for a in attrs)
+    groups[key] = groups.get(key, 0) + 1
+  return join([noun_phrase(n, key[:-1], key[-1]) for key, n in groups.items()])
+
+
+def applicable_styles(scene: world.Scene) -> tuple[str, ...]:
+  objs = scene.objects
+  relation = len(objs) == 2 and objs[0].descriptor != objs[1].descriptor
+  return tuple(s for s in STYLES if s != "relation" or relation)
+
+
+def describe(scene: world.Scene, style: str, rng: np.random.Generator | None = None) -> str:
+  """One caption of `scene` in `style`; `rng` only picks the relation word and the order."""
+  objs = scene.objects
+  if style == "shape":
+    return _grouped(objs, ("shape",))
+  if style == "colour":
+    return _grouped(objs, ("colour", "shape"))
+  if style == "size":
+    return _grouped(objs, ("size", "colour", "shape"))
+  if style in ("position", "full"):
+    words = (lambda o: (o.colour,)) if style == "position" else (lambda o: (o.size, o.colour))
+    return join([f"{noun_phrase(1, words(o), o.shape)} {CELL_PHRASES[o.cell]}" for o in objs])
+  if style == "relation":
+    if "relation" not in applicable_styles(scene):
+      raise ValueError("a relation caption needs exactly two objects with distinct descriptors")
+    a, b = objs
+    if rng is not None and rng.random() < 0.5:
+      a, b = b, a
+    true = [r for r, holds in RELATIONS.items() if holds(a.cell, b.cell)]
+    rel = true[int(rng.integers(len(true)))] if rng is not None else true[0]
+    return relation_prompt(a.descriptor, rel, b.descriptor)
+  raise ValueError(f"unknown caption style {style!r}; expected one of {STYLES}")
+
+
+def relation_prompt(a: tuple[str, str], relation: str, b: tuple[str, str]) -> str:
+  if relation not in RELATIONS:
+    raise ValueError(f"unknown relation {relation!r}; expected one of {tuple(RELATIONS)}")
+  return f"{noun_phrase(1, a[:1], a[1])} {relation} {noun_phrase(1, b[:1], b[1])}"
+
+
+def caption(scene: world.Scene, rng: np.random.Generator, style: str | None = None) -> str:
+  """A caption in `style`, or in a random applicable style when None."""
+  if style is None:
+    styles = applicable_styles(scene)
+    style = styles[int(rng.integers(len(styles)))]
+  return describe(scene, style, rng)
+
+
+def captions(scene: world.Scene, rng: np.random.Generator, num: int = 3) -> list[str]:
+  """`num` captions in distinct random styles (fewer if fewer styles apply)."""
+  styles = list(applicable_styles(scene))
+  picked = rng.permutation(len(styles))[:num]
+  return [describe(scene, styles[i], rng) for i in picked]
+
+
+# ------------------------------------------------------------------ questions and answers
+
+
+def _count(objs, pred) -> str:
+  return NUMBERS[sum(1 for o in objs if pred(o))]
+
+
+def all_qa(scene: world.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
+  """Every question kind that applies to `scene`, with its answer (`rng` picks the subjects)."""
+  objs = scene.objects
+  colours, shapes = list(world.COLOURS), list(world.SHAPES)
+  qa = [("how many shapes are there?", NUMBERS[len(objs)])]
+  # Count questions mostly about what is there: "zero" should not dominate the answers.
+  o = objs[int(rng.integers(len(objs)))]
+  shape = o.shape if rng.random() < 0.7 else shapes[int(rng.integers(len(shapes)))]
+  qa.append((f"how many {plural(shape)} are there?", _count(objs, lambda o: o.shape == shape)))
+  colour = o.colour if rng.random() < 0.7 else colours[int(rng.integers(len(colours)))]
+  qa.append((f"how many {colour} shapes are there?", _count(objs, lambda o: o.colour == colour)))
+
+  by_shape = {s: [o for o in objs if o.shape == s] for s in shapes}
+  by_colour = {c: [o for o in objs if o.colour == c] for c in colours}
+  by_desc = {d: [o for o in objs if o.descriptor == d] for d in {o.descriptor for o in objs}}
+  unique = [o for o in objs if len(by_desc[o.descriptor]) == 1]
+  o = objs[int(rng.integers(len(objs)))]
+  if len(by_shape[o.shape]) == 1:
+    qa.append((f"what colour is the {o.shape}?", o.colour))
+  if len(by_colour[o.colour]) == 1:
+    qa.append((f"what shape is the {o.colour} object?", o.shape))
+  if o in unique:
+    qa.append((f"where is the {o.colour} {o.shape}?", world.CELL_NAMES[o.cell]))
+    qa.append((f"what size is the {o.colour} {o.shape}?", o.size))
+
+  # Existence: half the time ask about a descriptor the scene lacks.
+  if rng.random() < 0.5:
+    c, s = o.descriptor
+  else:
+    c, s = colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))]
+  present = any(x.descriptor == (c, s) for x in objs)
+  qa.append((f"is there a {c} {s}?", "yes" if present else "no"))
+
+  if len(unique) >= 2:
+    i, j = rng.permutation(len(unique))[:2]
+    a, b = unique[i], unique[j]
+    rel = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
+    holds = RELATIONS[rel](a.cell, b.cell)
+    qa.append((f"is the {a.colour} {a.shape} {rel} the {b.colour} {b.shape}?",
+               "yes" if holds else "no"))
+  return qa
+
+
+def qa_pairs(scene: world.Scene, rng: np.random.Generator, num: int | None = 4
+             ) -> list[tuple[str, str]]:
+  """Up to `num` (question, answer) pairs of distinct kinds (all kinds when None)."""
+  qa = all_qa(scene, rng)
+  if num is None or num >= len(qa):
+    return qa
+  return [qa[i] for i in sorted(rng.permutation(len(qa))[:num])]
+
+
+def normalise_answer(text: str) -> str:
+  """Lowercase words without punctuation, articles or a trailing EOS; digits as number words."""
+  words = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower()).split()
+  words = [NUMBERS[int(w)] if w.isdigit() and int(w) < len(NUMBERS) else w for w in words]
+  return " ".join(w for w in words if w not in ("a", "an", "the"))
