@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from janus_jax import sharding
 from janus_jax.models import llama
 from janus_jax.sampling import samplers
 
@@ -56,7 +57,8 @@ def check_prompts(prompt_ids, max_len: int | None = None) -> None:
                        f"next to the image tokens")
 
 
-def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True) -> PromptBatch:
+def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True,
+                 length_multiple: int = 1) -> PromptBatch:
   """Lays out LLM rows for `num_images` images per prompt (prompt-major order).
 
   Args:
@@ -64,11 +66,13 @@ def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True) 
     num_images: images per prompt (the reference's `parallel_size`).
     pad_id: the `<｜▁pad▁｜>` id, used both for left padding and for the unconditional rows.
     guided: add an unconditional row after every conditional row.
+    length_multiple: pad T up to a multiple of this (fewer distinct shapes to compile; the
+      extra left padding is masked, so results do not change).
   """
   check_prompts(prompt_ids)
   if num_images < 1:
     raise ValueError(f"num_images must be >= 1, got {num_images}")
-  t = max(len(ids) for ids in prompt_ids)
+  t = -(-max(len(ids) for ids in prompt_ids) // length_multiple) * length_multiple
   copies = 2 if guided else 1
   r = len(prompt_ids) * num_images * copies
   tokens = np.full((r, t), pad_id, np.int32)
@@ -85,6 +89,13 @@ def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True) 
         row += 1
   positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0).astype(np.int32)
   return PromptBatch(tokens, mask, positions, guided)
+
+
+def put_rows(mesh, *arrays):
+  """Splits each array's rows over the mesh's batch axes (data parallel), when they divide."""
+  if mesh is None or arrays[0].shape[0] % sharding.batch_divisor(mesh):
+    return arrays
+  return tuple(jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)) for x in arrays)
 
 
 def _call(model, params, method, *args, **kw):
@@ -182,7 +193,7 @@ class Result:
 
 def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: float | None = 5.0,
              sampler=samplers.Sampling(), rng, pad_id: int, num_tokens: int | None = None,
-             decode: bool = True) -> Result:
+             decode: bool = True, length_multiple: int = 1, mesh=None) -> Result:
   """Text-to-image for a batch of (possibly different) prompts.
 
   Args:
@@ -196,14 +207,22 @@ def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: floa
     pad_id: the pad token id (look it up by name in the tokenizer).
     num_tokens: image tokens per image (default: the VQ grid of the config).
     decode: also run the VQ decoder.
+    length_multiple: pad prompt lengths up to a multiple of this (fewer compiled shapes).
+    mesh: when given, the LLM rows are split over its batch axes (call inside
+      `sharding.activate(mesh, rules)` with params placed by the same rules).
   Returns:
     `Result` with codes (B_p * num_images, P) and uint8 images (B_p * num_images, H, W, 3).
   """
   num_tokens = num_tokens or image_tokens(model)
   context = model.config.llm.max_position_embeddings
+  if num_tokens >= context:
+    raise ValueError(f"{num_tokens} image tokens per image do not fit in the model context of "
+                     f"{context} tokens (image size too large for this model?)")
   check_prompts(prompt_ids, max_len=context - num_tokens)
-  batch = prompt_batch(prompt_ids, num_images, pad_id, guided=cfg_weight is not None)
-  codes, _ = sample_codes(model, params, batch.tokens, batch.mask, batch.positions, rng,
+  batch = prompt_batch(prompt_ids, num_images, pad_id, guided=cfg_weight is not None,
+                       length_multiple=length_multiple)
+  tokens, mask, positions = put_rows(mesh, batch.tokens, batch.mask, batch.positions)
+  codes, _ = sample_codes(model, params, tokens, mask, positions, rng,
                           jnp.float32(cfg_weight if cfg_weight is not None else 1.0),
                           sampler=sampler, num_tokens=num_tokens, guided=batch.guided)
   images = decode_images(model, params, codes) if decode else None

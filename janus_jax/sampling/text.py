@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from janus_jax.models import llama
+from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
 
 
@@ -52,7 +53,7 @@ def expand_image_tokens(ids, image_id: int, begin_id: int, end_id: int,
 
 
 def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: int,
-               image_shape=None, seq_extra_ids=()) -> ChatBatch:
+               image_shape=None, seq_extra_ids=(), length_multiple: int = 1) -> ChatBatch:
   """Left-pads B conversations into one batch.
 
   Args:
@@ -63,6 +64,7 @@ def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: i
     tokens_per_image: P.
     image_shape: (S, S, 3) used for zero images when no conversation has one.
     seq_extra_ids: more ids that are image slots (JanusFlow also uses `<begin_of_image>`).
+    length_multiple: pad T up to a multiple of this (fewer compiled shapes; pads are masked).
   """
   if not conversations:
     raise ValueError("no conversations given")
@@ -74,7 +76,7 @@ def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: i
       raise ValueError(f"conversation {i} has {slots} image slots but {len(images)} images of "
                        f"{tokens_per_image} tokens")
   b = len(conversations)
-  t = max(len(ids) for ids, _ in conversations)
+  t = -(-max(len(ids) for ids, _ in conversations) // length_multiple) * length_multiple
   n = max(1, max(len(images) for _, images in conversations))
   shapes = {np.shape(im) for _, images in conversations for im in images}
   if len(shapes) > 1:
@@ -165,7 +167,7 @@ class Answer:
 
 def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
              sampler=samplers.Greedy(), rng=None, eos_id: int, pad_id: int,
-             detokenize=None) -> Answer:
+             detokenize=None, mesh=None) -> Answer:
   """Answers a batch of conversations.
 
   Args:
@@ -176,6 +178,7 @@ def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
     rng: PRNG key (default key 0).
     eos_id, pad_id: from the tokenizer, by name.
     detokenize: optional `list[int] -> str`; applied to each row's tokens before EOS.
+    mesh: when given, rows are split over its batch axes (see `image_ar.generate`).
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -185,8 +188,9 @@ def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
     raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
                      f"the model context of {context} tokens")
   rng = jax.random.key(0) if rng is None else rng
-  tokens, num, _ = decode(model, params, batch.input_ids, batch.attention_mask,
-                          batch.pixel_values, batch.images_seq_mask, batch.images_emb_mask, rng,
+  arrays = image_ar.put_rows(mesh, batch.input_ids, batch.attention_mask, batch.pixel_values,
+                             batch.images_seq_mask, batch.images_emb_mask)
+  tokens, num, _ = decode(model, params, *arrays, rng,
                           jnp.int32(eos_id), jnp.int32(pad_id), sampler=sampler,
                           max_new_tokens=max_new_tokens)
   tokens, num = np.asarray(tokens), np.asarray(num)
