@@ -71,7 +71,19 @@ def build_model(config):
                                    method=janus.Model.init_all)["params"]
     return module, family, init
   if family == "janusflow":
-    return train_steps.build_janusflow(config, **kw)
+    from janus_jax.models import janusflow  # pylint: disable=g-import-not-at-top
+    cfg = janusflow.get_config(m.variant)
+    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(
+        cfg.llm, remat_policy=m.get("remat_policy", "none")))
+    module = janusflow.Model(cfg, **kw)
+    proj = train_steps.repa_projector(cfg, config, **kw)
+
+    def init(rng):
+      r1, r2 = jax.random.split(rng)
+      params = module.init(r1, *janusflow.init_inputs(cfg), method=janusflow.Model.init_all)
+      tap = jnp.zeros((1, 1, cfg.llm.hidden_size), kw["dtype"])
+      return {**params["params"], train_steps.REPA: proj.init(r2, tap)["params"]}
+    return module, family, init
   raise ValueError(f"unknown config.model.family {family!r}; use llm, janus or janusflow")
 
 
@@ -92,9 +104,13 @@ def make_data(config, module):
     mc = module.config
     janus_sizes = {}
     if hasattr(mc, "vision"):
-      janus_sizes = dict(image_size=mc.vision.image_size, und_tokens=mc.vision.num_patches,
+      janus_sizes = dict(image_size=mc.vision.image_size, und_tokens=mc.image_tokens,
                          gen_tokens=d.get("gen_tokens", 16),
                          code_vocab=getattr(mc, "image_token_size", 0))
+    if getattr(mc, "family", "") == "janusflow":
+      side = mc.gen_latent_size
+      janus_sizes.update(gen_tokens=mc.gen_tokens(side),
+                         latent_shape=(side, side, mc.latent_channels))
     return train_steps.SyntheticData(
         batch_size=d.batch_size, seq_len=d.seq_len, vocab=llm_config(module).vocab_size,
         kinds=tuple(d.kinds), seed=config.seed, fixed=d.get("fixed", False), rows=rows,
@@ -123,8 +139,9 @@ class Setup:
   init_state: object  # jitted () -> TrainState, born sharded
 
 
-def setup(config) -> Setup:
-  mesh = sharding.make_mesh(config.mesh)
+def setup(config, devices=None) -> Setup:
+  """Mesh, model, optimizer and the sharded abstract state; `devices` defaults to all."""
+  mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_from_config(config.get("sharding_rules"))
   module, family, init_params = build_model(config)
 
@@ -189,13 +206,16 @@ def host_metrics(m: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(config, workdir: str) -> dict:
-  """Trains until config.total_steps or a stop signal. Returns the last host metrics + status."""
+def train(config, workdir: str, data=None) -> dict:
+  """Trains until config.total_steps or a stop signal. Returns the last host metrics + status.
+
+  `data` replaces the configured iterator (it needs get_state / set_state for checkpoints).
+  """
   s = setup(config)
   if config.data.batch_size % sharding.batch_divisor(s.mesh):
     raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
                      f"batch mesh axes' size {sharding.batch_divisor(s.mesh)}")
-  data = make_data(config, s.module)
+  data = data if data is not None else make_data(config, s.module)
   ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", save_every=config.ckpt.every,
                                  keep=config.ckpt.keep, use_async=config.ckpt.get("use_async", True))
 
