@@ -38,6 +38,10 @@ import numpy as np
 from janus_jax.convert import rules
 
 FAMILIES = ("janus", "janus_hf", "janusflow", "vae")  # janus_jax.convert modules, detection order
+LAYOUTS = {"janus": "Janus / Janus-Pro, original DeepSeek layout",
+           "janus_hf": "Janus / Janus-Pro, transformers (HF) layout",
+           "janusflow": "JanusFlow, original DeepSeek layout",
+           "vae": "diffusers AutoencoderKL (SDXL VAE)"}
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _DTYPES = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}
 
@@ -393,7 +397,8 @@ def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = Fa
     name, fam = family, get_family(family)
   else:
     name, fam = getattr(family, "NAME", family.__name__.rpartition(".")[2]), family
-  log(f"family: {name} ({len(ckpt.tensors)} tensors in {len(ckpt.files)} file(s))")
+  log(f"family: {name} [{LAYOUTS.get(name, 'custom')}] ({len(ckpt.tensors)} tensors in "
+      f"{len(ckpt.files)} file(s))")
   shapes = {k: v.shape for k, v in ckpt.tensors.items()}
   config = fam.config_from(ckpt.config, shapes, extra)
   expected = abstract_params(fam, config)

@@ -351,7 +351,7 @@ def test_cli(tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "janus_jax.convert.standin", StandIn)
   assert convert_torch.main([str(src), str(tmp_path / "out"), "--no-progress"]) == 0
   out = capsys.readouterr().out
-  assert "family: standin (16 tensors in 2 file(s))" in out
+  assert "family: standin [custom] (16 tensors in 2 file(s))" in out
   assert "skipped 1 known-unused tensors: rotary.inv_freq" in out
   assert "converted 15 tensors -> 7 parameters" in out
   assert driver.load_converted(tmp_path / "out")[1]["conv"]["bias"].dtype == jnp.bfloat16
@@ -377,7 +377,7 @@ def test_janus_fixture_through_cli(tmp_path, fixtures_dir, capsys):
   assert convert_torch.main([str(root), str(tmp_path / "out"), "--no-progress", "--extra",
                              str(root / "fixture.json"), "--chunk-mib", "1"]) == 0
   out = capsys.readouterr().out
-  assert "family: janus (420 tensors in 1 file(s))" in out
+  assert "family: janus [Janus / Janus-Pro, original DeepSeek layout] (420 tensors" in out
   assert "skipped 14 known-unused tensors: gen_vision_model.quantize.codebook_used," in out
   config, params = driver.load_converted(tmp_path / "out")
   fixture_cfg = json.loads((root / "config.json").read_text())
