@@ -24,7 +24,6 @@ import importlib
 import json
 import os
 import pathlib
-import re
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ LAYOUTS = {"janus": "Janus / Janus-Pro, original DeepSeek layout",
            "janusflow": "JanusFlow, original DeepSeek layout",
            "vae": "diffusers AutoencoderKL (SDXL VAE)"}
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-_DTYPES = {"bfloat16": "bfloat16", "float32": "float32", "float16": "float16"}
+_DTYPES = ("bfloat16", "float32", "float16")  # choices of --dtype
 
 
 class CheckpointError(ValueError):

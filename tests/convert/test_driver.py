@@ -7,9 +7,7 @@ config dataclass with tuples.
 
 import dataclasses
 import json
-import os
 import pathlib
-import pickle
 import sys
 
 import flax.linen as nn
