@@ -68,12 +68,23 @@ def _case_table(fam: str) -> dict:
   return table
 
 
-def load_model(fx: fixtures.Fixture, workdir: str):
-  """Converts the fixture checkpoint with the real converter; returns the family's objects."""
+def load_model(fx: fixtures.Fixture, workdir: str, fam: str) -> tuple:
+  """Converts the fixture's checkpoint (and JanusFlow's `vae/` folder) with the real converter.
+
+  Returns the leading arguments of the family's case functions: (model, params) for Janus,
+  (model, params, vae_model, vae_params) for JanusFlow.
+  """
   from janus_jax.convert import driver  # noqa: PLC0415  (heavy; only the CLI needs it)
-  out = f"{workdir}/converted"
-  driver.convert(fx.root, out, extra=fx.extra)
-  return driver.load_model(out)
+  out = f"{workdir}/model"
+  driver.convert(fx.root, out, extra=fx.extra, progress=False, log=lambda *_: None)
+  config, params = driver.load_converted(out)
+  loaded = (driver.get_family(fam).build_model(config), params)
+  if fam == "janusflow":
+    vae_out = f"{workdir}/vae"
+    driver.convert(fx.root / "vae", vae_out, family="vae", progress=False, log=lambda *_: None)
+    vae_config, vae_params = driver.load_converted(vae_out)
+    loaded += (driver.get_family("vae").build_model(vae_config), vae_params)
+  return loaded
 
 
 def run(root) -> list[Result]:
@@ -82,7 +93,7 @@ def run(root) -> list[Result]:
   table = _case_table(fam)
   results = []
   with tempfile.TemporaryDirectory() as tmp:
-    loaded = load_model(fx, tmp)
+    loaded = load_model(fx, tmp, fam)
     for name, case in fx.cases.items():
       fn = table.get(name)
       if fn is None:
