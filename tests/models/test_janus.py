@@ -66,3 +66,15 @@ def test_merge_embeddings_matches_boolean_assignment():
   got = janus.merge_embeddings(jnp.asarray(text), jnp.asarray(img), jnp.asarray(seq_mask),
                                jnp.asarray(emb_mask))
   np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_model_configs_name_buildable_variants():
+  from configs import models  # noqa: PLC0415
+
+  for name, fam in models.FAMILIES.items():
+    c = models.get_config(name)
+    assert c.family == fam
+    if fam == "janus":
+      janus.get_config(c.variant)  # raises for a name the model code does not know
+  with pytest.raises(ValueError, match="unknown model 'janus_9b'"):
+    models.get_config("janus_9b")
