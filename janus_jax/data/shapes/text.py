@@ -17,13 +17,14 @@ Questions (answers are one or two lowercase words; counts are number words):
   "is there a red circle?" -> yes | no          "is the red circle above the blue square?"
 """
 
+import re
 from typing import Sequence
 
 import numpy as np
 
 from janus_jax.data.shapes import world
 
-NUMBERS = ("zero", "one", "two", "three")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 STYLES = ("shape", "colour", "size", "position", "full", "relation")
 # Relation phrase -> predicate on (a, b) cells.
 RELATIONS = {
@@ -119,51 +120,86 @@ def captions(scene: world.Scene, rng: np.random.Generator, num: int = 3) -> list
 # ------------------------------------------------------------------ questions and answers
 
 
-def _count(objs, pred) -> str:
-  return NUMBERS[sum(1 for o in objs if pred(o))]
-
-
 def all_qa(scene: world.Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
   """Every question kind that applies to `scene`, with its answer (`rng` picks the subjects)."""
   objs = scene.objects
   colours, shapes = list(world.COLOURS), list(world.SHAPES)
-  qa = [("how many shapes are there?", NUMBERS[len(objs)])]
+  o = objs[int(rng.integers(len(objs)))]
   # Count questions mostly about what is there: "zero" should not dominate the answers.
-  o = objs[int(rng.integers(len(objs)))]
   shape = o.shape if rng.random() < 0.7 else shapes[int(rng.integers(len(shapes)))]
-  qa.append((f"how many {plural(shape)} are there?", _count(objs, lambda o: o.shape == shape)))
   colour = o.colour if rng.random() < 0.7 else colours[int(rng.integers(len(colours)))]
-  qa.append((f"how many {colour} shapes are there?", _count(objs, lambda o: o.colour == colour)))
-
-  by_shape = {s: [o for o in objs if o.shape == s] for s in shapes}
-  by_colour = {c: [o for o in objs if o.colour == c] for c in colours}
-  by_desc = {d: [o for o in objs if o.descriptor == d] for d in {o.descriptor for o in objs}}
-  unique = [o for o in objs if len(by_desc[o.descriptor]) == 1]
-  o = objs[int(rng.integers(len(objs)))]
-  if len(by_shape[o.shape]) == 1:
-    qa.append((f"what colour is the {o.shape}?", o.colour))
-  if len(by_colour[o.colour]) == 1:
-    qa.append((f"what shape is the {o.colour} object?", o.shape))
-  if o in unique:
-    qa.append((f"where is the {o.colour} {o.shape}?", world.CELL_NAMES[o.cell]))
-    qa.append((f"what size is the {o.colour} {o.shape}?", o.size))
-
-  # Existence: half the time ask about a descriptor the scene lacks.
-  if rng.random() < 0.5:
-    c, s = o.descriptor
-  else:
-    c, s = colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))]
-  present = any(x.descriptor == (c, s) for x in objs)
-  qa.append((f"is there a {c} {s}?", "yes" if present else "no"))
-
+  qs = ["how many shapes are there?", f"how many {plural(shape)} are there?",
+        f"how many {colour} shapes are there?"]
+  n_desc = sum(x.descriptor == o.descriptor for x in objs)
+  if sum(x.shape == o.shape for x in objs) == 1:
+    qs.append(f"what colour is the {o.shape}?")
+  if sum(x.colour == o.colour for x in objs) == 1:
+    qs.append(f"what shape is the {o.colour} object?")
+  if n_desc == 1:
+    qs += [f"where is the {o.colour} {o.shape}?", f"what size is the {o.colour} {o.shape}?"]
+  # Existence: half the time about a descriptor the scene has, else a random one.
+  c, s = (o.descriptor if rng.random() < 0.5 else
+          (colours[int(rng.integers(len(colours)))], shapes[int(rng.integers(len(shapes)))]))
+  qs.append(f"is there a {c} {s}?")
+  unique = [x for x in objs if sum(y.descriptor == x.descriptor for y in objs) == 1]
   if len(unique) >= 2:
     i, j = rng.permutation(len(unique))[:2]
     a, b = unique[i], unique[j]
     rel = list(RELATIONS)[int(rng.integers(len(RELATIONS)))]
-    holds = RELATIONS[rel](a.cell, b.cell)
-    qa.append((f"is the {a.colour} {a.shape} {rel} the {b.colour} {b.shape}?",
-               "yes" if holds else "no"))
-  return qa
+    qs.append(f"is the {a.colour} {a.shape} {rel} the {b.colour} {b.shape}?")
+  return [(q, answer(objs, q)) for q in qs]
+
+
+_QUESTIONS = (  # (pattern, answer(objects, *groups)); the first match wins
+    (r"how many shapes are there\?", lambda objs: _number(len(objs))),
+    (r"how many (\w+)s are there\?",
+     lambda objs, s: _number(sum(o.shape == s for o in objs))),
+    (r"how many (\w+) shapes are there\?",
+     lambda objs, c: _number(sum(o.colour == c for o in objs))),
+    (r"what colour is the (\w+)\?",
+     lambda objs, s: _only([o.colour for o in objs if o.shape == s])),
+    (r"what shape is the (\w+) object\?",
+     lambda objs, c: _only([o.shape for o in objs if o.colour == c])),
+    (r"where is the (\w+) (\w+)\?",
+     lambda objs, c, s: _only([world.CELL_NAMES[o.cell] for o in objs if o.descriptor == (c, s)])),
+    (r"what size is the (\w+) (\w+)\?",
+     lambda objs, c, s: _only([o.size for o in objs if o.descriptor == (c, s)])),
+    (r"is there an? (\w+) (\w+)\?",
+     lambda objs, c, s: "yes" if any(o.descriptor == (c, s) for o in objs) else "no"),
+    (r"is the (\w+) (\w+) (" + "|".join(RELATIONS) + r") the (\w+) (\w+)\?",
+     lambda objs, c1, s1, rel, c2, s2: _relation(objs, (c1, s1), rel, (c2, s2))),
+)
+
+
+def _number(n: int) -> str:
+  return NUMBERS[n] if n < len(NUMBERS) else str(n)
+
+
+def _only(values: list[str]) -> str:
+  """The answer when exactly one object fits the question, else "unknown" (ambiguous/absent)."""
+  return values[0] if len(values) == 1 else "unknown"
+
+
+def _relation(objs, a, rel, b) -> str:
+  oa = [o for o in objs if o.descriptor == a]
+  ob = [o for o in objs if o.descriptor == b]
+  if len(oa) != 1 or len(ob) != 1:
+    return "unknown"
+  return "yes" if RELATIONS[rel](oa[0].cell, ob[0].cell) else "no"
+
+
+def answer(objects: Sequence, question: str) -> str:
+  """The answer to a question of this world's grammar about `objects`.
+
+  `objects` need `colour`, `shape`, `size` and `cell` (scene objects, or the analyser's
+  detections of an image). Raises ValueError for a question outside the grammar.
+  """
+  q = " ".join(question.lower().split())
+  for pattern, fn in _QUESTIONS:
+    m = re.fullmatch(pattern, q)
+    if m:
+      return fn(list(objects), *m.groups())
+  raise ValueError(f"question {question!r} is not in the shapes-world question grammar")
 
 
 def qa_pairs(scene: world.Scene, rng: np.random.Generator, num: int | None = 4

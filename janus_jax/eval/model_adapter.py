@@ -1,0 +1,94 @@
+"""ShapesEval adapter for a Janus model: prompts -> images and (image, question) -> answer.
+
+Wires `janus_jax.eval.shapes` to the samplers (`janus_jax.sampling.image_ar` for text-to-image
+with classifier-free guidance, `janus_jax.sampling.text` for answers) and the chat template of
+`janus_jax.data.chat`. Images for questions arrive as uint8 renders at the world's size and are
+resized/normalised to the model's understanding resolution by `janus_jax.data.preprocess`.
+"""
+
+import pathlib
+from typing import Sequence
+
+import jax
+import numpy as np
+from PIL import Image
+
+from janus_jax.data import chat
+from janus_jax.data import preprocess
+from janus_jax.data import tokenizer as tokenizer_lib
+from janus_jax.models import janus
+from janus_jax.sampling import image_ar
+from janus_jax.sampling import samplers
+from janus_jax.sampling import text as text_sampling
+
+
+def default_checkpoint() -> str | None:
+  """The checkpoint shipped with the repo; None until the demo model is trained (issue 7)."""
+  return None
+
+
+class ModelAdapter:
+  """Evaluates one Janus model (params already loaded) with its tokenizer.
+
+  family: chat template ("janus_pro" uses `<|User|>`/`<|Assistant|>` role tokens).
+  cfg_weight: guidance weight (None: no guidance). temperature: image-token sampling (0 greedy).
+  max_new_tokens: answers are one or two words, so a few tokens suffice.
+  image_size: side of generated images (the demo VQ's training resolution, 64 for the shapes
+    world); sets the number of image tokens drawn.
+  """
+
+  def __init__(self, model: janus.Model, params, tok: tokenizer_lib.Tokenizer, *,
+               family: str = "janus_pro", cfg_weight: float | None = 5.0,
+               temperature: float = 1.0, max_new_tokens: int = 8, image_size: int = 64,
+               seed: int = 0):
+    self.model, self.params, self.tok = model, params, tok
+    self.family = family
+    self.cfg_weight = cfg_weight
+    self.sampler = samplers.Greedy() if temperature == 0 else samplers.Sampling(temperature)
+    self.max_new_tokens = max_new_tokens
+    self.num_tokens = image_ar.image_tokens(model, image_size)
+    self._rng = jax.random.key(seed)
+    self._calls = 0
+
+  def _next_rng(self):
+    self._calls += 1
+    return jax.random.fold_in(self._rng, self._calls)
+
+  def generate_images(self, prompts: Sequence[str]) -> np.ndarray:
+    ids = [[int(x) for x in self.tok.encode(chat.t2i_prompt(self.family, p))] for p in prompts]
+    res = image_ar.generate(self.model, self.params, ids, num_images=1,
+                            cfg_weight=self.cfg_weight, sampler=self.sampler,
+                            rng=self._next_rng(), pad_id=self.tok.special.pad,
+                            num_tokens=self.num_tokens)
+    return np.asarray(res.images)
+
+  def answer(self, images: np.ndarray, questions: Sequence[str]) -> list[str]:
+    cfg = self.model.config
+    pre = preprocess.UnderstandingConfig(image_size=cfg.vision.image_size)
+    convs = []
+    for image, question in zip(images, questions):
+      toks = chat.tokenize(self.tok, chat.understanding_prompt(self.family, question),
+                           image_tokens=cfg.image_tokens, family=self.family)
+      pixels = preprocess.understanding_pixels(Image.fromarray(np.asarray(image)), pre)
+      convs.append(([int(x) for x in toks.input_ids], [pixels]))
+    sp = self.tok.special
+    batch = text_sampling.make_batch(convs, image_id=sp.image, pad_id=sp.pad,
+                                     tokens_per_image=cfg.image_tokens)
+    ans = text_sampling.generate(self.model, self.params, batch,
+                                 max_new_tokens=self.max_new_tokens, sampler=samplers.Greedy(),
+                                 rng=self._next_rng(), eos_id=sp.eos, pad_id=sp.pad,
+                                 detokenize=self.tok.decode)
+    return list(ans.texts)
+
+
+def load(path: str, **kw) -> ModelAdapter:
+  """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
+  `convert_torch.py`) holding a Janus model and its `tokenizer.json`."""
+  from janus_jax.convert import driver  # orbax and the converter only when loading
+  path = pathlib.Path(path)
+  if not (path / "config.json").is_file():
+    raise FileNotFoundError(f"{path}: no config.json; not a checkpoint directory")
+  config, params = driver.load_converted(path)
+  if not isinstance(config, janus.Config):
+    raise ValueError(f"{path} holds a {type(config).__name__}; ShapesEval needs a Janus model")
+  return ModelAdapter(janus.Model(config), params, tokenizer_lib.load(str(path)), **kw)
