@@ -14,7 +14,15 @@ Per-example format (numpy, T = example length, n = its images, S = image size):
   gen_mask         (T,)   bool   slots whose input is gen_aligner(gen_embed(image_codes))
   image_codes      (T,)   int32  the VQ code at `gen_mask` slots, 0 elsewhere
   pixels           (n,S,S,3) float32  normalised understanding images
+JanusFlow ("janusflow" family) examples also carry
+  flow_seq_mask    (T,)   bool   the 1 + Q slots of a generation image: t_emb, then Q latent tokens
+  flow_latents     (k,H,W,Z) float32  clean SDXL-VAE latents (x scaling factor), k = 0 or 1
+  flow_pixels      (k,S,S,3) float32  the clean image in [-1, 1] (REPA targets; `flow_pixels`)
 A record that cannot be used becomes `{"bad": reason}`; the pipeline skips and counts it.
+
+JanusFlow generation sequence: `[BOS][t2i prompt without its tag][t_emb][Q latents]`, no token
+loss (the rectified-flow loss lives on the latents); dropout pads every prompt token after BOS, as
+the reference's unconditional rows.
 
 Generation sequence (Janus): `[BOS][t2i prompt ... BOI][P codes]` (+ `[EOI]` if `gen_eoi`, never a
 loss target: sampling stops after P codes). With probability `caption_dropout` the prompt between
@@ -36,7 +44,7 @@ ASSISTANT_NAMES = ("assistant", "gpt", "<|assistant|>")
 
 # Reasons a record is skipped (keys of the pipeline's counters).
 BAD_REASONS = ("bad_image", "empty_caption", "empty_text", "no_assistant_turn", "bad_roles",
-               "image_count_mismatch", "bad_codes", "too_long", "too_many_images")
+               "image_count_mismatch", "bad_codes", "bad_latents", "too_long", "too_many_images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +67,12 @@ class Config:
   caption_dropout: float = 0.1
   gen_eoi: bool = False
   system_prompt: str = chat.SYSTEM_PROMPT
+  # JanusFlow generation: Q latent tokens (576 for 48x48 latents), latent shape, images per row,
+  # and whether to ship the clean image for REPA.
+  flow_tokens: int = 576
+  latent_shape: tuple[int, int, int] = (48, 48, 4)
+  max_flow_images_per_row: int = 4
+  flow_pixels: bool = False
 
   @property
   def slots_per_image(self) -> int:
@@ -111,13 +125,24 @@ class Builder:
   def __call__(self, item, rng: np.random.Generator) -> dict:
     kind, record = item
     try:
-      ex = (self.understanding, self.text, self.generation)[kind](record, rng)
+      gen = self.flow if self.cfg.family == "janusflow" else self.generation
+      ex = (self.understanding, self.text, gen)[kind](record, rng)
     except Bad as e:
       return {"bad": e.reason, "detail": e.detail, "kind": kind}
+    if self.cfg.family == "janusflow":
+      self._add_flow_defaults(ex)
     if len(ex["input_ids"]) > self.cfg.seq_len:
       return {"bad": "too_long", "kind": kind,
               "detail": f"{len(ex['input_ids'])} tokens > seq_len {self.cfg.seq_len}"}
     return ex
+
+  def _add_flow_defaults(self, ex: dict) -> None:
+    """Non-flow examples of a JanusFlow run carry empty flow fields (uniform packing)."""
+    cfg = self.cfg
+    ex.setdefault("flow_seq_mask", np.zeros(len(ex["input_ids"]), bool))
+    ex.setdefault("flow_latents", np.zeros((0,) + tuple(cfg.latent_shape), np.float32))
+    if cfg.flow_pixels:
+      ex.setdefault("flow_pixels", np.zeros((0, cfg.image_size, cfg.image_size, 3), np.float32))
 
   # -- understanding ----------------------------------------------------------------------------
 
@@ -210,3 +235,33 @@ class Builder:
     targets[n - 1:n - 1 + p] = codes
     return _example(mixture.GEN, ids, targets, np.zeros(t, bool), image_loss=image_loss,
                     gen_mask=gen_mask, codes=image_codes, image_size=self.cfg.image_size)
+
+  def flow(self, record: dict, rng: np.random.Generator) -> dict:
+    """JanusFlow generation example: prompt, then t_emb + Q latent slots, no token loss."""
+    cfg = self.cfg
+    caption = record["caption"].strip()
+    if not caption:
+      raise Bad("empty_caption")
+    latents = np.asarray(record["latents"], np.float32)
+    if latents.shape != tuple(cfg.latent_shape) or not np.isfinite(latents).all():
+      raise Bad("bad_latents", f"latents {latents.shape}, expected {tuple(cfg.latent_shape)}")
+    sp = self.tok.special
+    prompt = self.tok.encode(chat.t2i_prompt("janusflow", caption))[:-1]  # the tag is dropped
+    if cfg.caption_dropout and rng.random() < cfg.caption_dropout:
+      prompt = prompt.copy()
+      prompt[1:] = sp.pad
+    n, q = len(prompt), cfg.flow_tokens
+    ids = np.concatenate([prompt, np.full(1 + q, sp.pad)]).astype(np.int32)
+    ex = _example(mixture.GEN, ids, np.zeros(len(ids), np.int32), np.zeros(len(ids), bool),
+                  image_size=cfg.image_size)
+    ex["flow_seq_mask"] = np.arange(len(ids)) >= n
+    ex["flow_latents"] = latents[None]
+    if cfg.flow_pixels:
+      if "image" not in record:
+        raise Bad("bad_image", "flow_pixels needs the record's image")
+      try:
+        img = preprocess.load_image(record["image"], name=record.get("key"))
+      except preprocess.BadImageError as e:
+        raise Bad("bad_image", str(e)) from e
+      ex["flow_pixels"] = preprocess.generation_pixels(img, cfg.image_size)[None]
+    return ex

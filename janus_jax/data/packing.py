@@ -28,11 +28,15 @@ class BatchBuilder:
     slots_per_image: embedding slots per image (P, or P + 1 for JanusFlow).
     image_size: S.
     pad_id: id written into padding positions.
+    flow_images: m, JanusFlow generation images per row (0: no flow fields in the batch).
+    latent_shape: (H, W, Z) of a flow latent. flow_pixels: also pack the clean images.
   """
 
   def __init__(self, rows: int, seq_len: int, max_images: int, slots_per_image: int,
-               image_size: int, pad_id: int):
+               image_size: int, pad_id: int, flow_images: int = 0,
+               latent_shape: tuple[int, ...] = (), flow_pixels: bool = False):
     self.rows, self.seq_len, self.max_images = rows, seq_len, max_images
+    self.flow_images = flow_images
     b, l = rows, seq_len
     self.batch = {
         "input_ids": np.full((b, l), pad_id, np.int32),
@@ -48,28 +52,40 @@ class BatchBuilder:
         "pixel_values": np.zeros((b, max_images, image_size, image_size, 3), np.float32),
         "images_emb_mask": np.zeros((b, max_images, slots_per_image), bool),
     }
+    self.token_keys = _TOKEN_KEYS
+    if flow_images:
+      self.token_keys += ("flow_seq_mask",)
+      self.batch["flow_seq_mask"] = np.zeros((b, l), bool)
+      self.batch["flow_image_mask"] = np.zeros((b, flow_images), bool)
+      self.batch["flow_latents"] = np.zeros((b, flow_images) + tuple(latent_shape), np.float32)
+      if flow_pixels:
+        self.batch["flow_pixels"] = np.zeros((b, flow_images, image_size, image_size, 3),
+                                             np.float32)
     self.row = 0
     self.fill = 0  # tokens used in the current row
     self.images = 0  # images used in the current row
+    self.flows = 0  # flow (generation) images used in the current row
     self.segments = 0  # segments in the current row
     self.examples = 0
     self.tokens = 0
 
-  def _fits(self, t: int, n: int) -> bool:
-    return self.fill + t <= self.seq_len and self.images + n <= self.max_images
+  def _fits(self, t: int, n: int, f: int) -> bool:
+    return (self.fill + t <= self.seq_len and self.images + n <= self.max_images
+            and self.flows + f <= self.flow_images)
 
   def add(self, ex: dict) -> bool:
     """Places `ex`; False (nothing changed) when it fits in no remaining row of this batch."""
     t, n = len(ex["input_ids"]), len(ex["pixels"])
-    if t > self.seq_len or n > self.max_images:
-      raise ValueError(f"example of {t} tokens / {n} images can never fit a row of "
-                       f"{self.seq_len} tokens / {self.max_images} images")
-    if not self._fits(t, n):
+    f = len(ex["flow_latents"]) if self.flow_images else 0
+    if t > self.seq_len or n > self.max_images or f > self.flow_images:
+      raise ValueError(f"example of {t} tokens / {n} images / {f} flow images can never fit a "
+                       f"row of {self.seq_len} / {self.max_images} / {self.flow_images}")
+    if not self._fits(t, n, f):
       if self.row + 1 >= self.rows:
         return False
-      self.row, self.fill, self.images, self.segments = self.row + 1, 0, 0, 0
+      self.row, self.fill, self.images, self.flows, self.segments = self.row + 1, 0, 0, 0, 0
     r, s = self.row, slice(self.fill, self.fill + t)
-    for k in _TOKEN_KEYS:
+    for k in self.token_keys:
       self.batch[k][r, s] = ex[k]
     self.segments += 1
     self.batch["segment_ids"][r, s] = self.segments
@@ -78,8 +94,14 @@ class BatchBuilder:
     if n:
       self.batch["pixel_values"][r, self.images:self.images + n] = ex["pixels"]
       self.batch["images_emb_mask"][r, self.images:self.images + n] = True
+    if f:
+      self.batch["flow_image_mask"][r, self.flows:self.flows + f] = True
+      self.batch["flow_latents"][r, self.flows:self.flows + f] = ex["flow_latents"]
+      if "flow_pixels" in self.batch:
+        self.batch["flow_pixels"][r, self.flows:self.flows + f] = ex["flow_pixels"]
     self.fill += t
     self.images += n
+    self.flows += f
     self.examples += 1
     self.tokens += t
     return True

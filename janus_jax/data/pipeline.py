@@ -27,6 +27,13 @@ M = `max_images_per_row`, S = `image_size`, P' = slots per image = P (Janus) or 
                                           allowed iff same nonzero segment and key <= query
   positions        (B, L)         int32   position within the example (restarts at 0; RoPE input)
   kinds            (B, L)         int32   0 und, 1 text, 2 gen per position; -1 on padding
+JanusFlow runs (family "janusflow"; generation records carry SDXL-VAE latents, m =
+`max_flow_images_per_row`, Q = `flow_tokens`) add, and leave gen_mask / image_codes empty:
+  flow_seq_mask    (B, L)         bool    per generation image 1 + Q consecutive slots: t_emb, then
+                                          the Q latent tokens (row-major)
+  flow_image_mask  (B, m)         bool    real generation images
+  flow_latents     (B, m, H, W, Z) float32 clean latents (already x the VAE scaling factor)
+  flow_pixels      (B, m, S, S, 3) float32 the clean images in [-1, 1] (only if `flow_pixels`)
 
 Resuming: `Iterator.get_state()` is a JSON-serialisable dict; `set_state` on a fresh iterator of the
 same pipeline continues with exactly the batches that would have followed.
@@ -148,8 +155,11 @@ class Iterator:
 
   def __next__(self) -> dict:
     e = self.cfg.example
-    batch = packing.BatchBuilder(self.cfg.batch_size, e.seq_len, e.max_images_per_row,
-                                 e.slots_per_image, e.image_size, self.tok.special.pad)
+    flow = e.family == "janusflow"
+    batch = packing.BatchBuilder(
+        self.cfg.batch_size, e.seq_len, e.max_images_per_row, e.slots_per_image, e.image_size,
+        self.tok.special.pad, flow_images=e.max_flow_images_per_row if flow else 0,
+        latent_shape=e.latent_shape, flow_pixels=e.flow_pixels)
     while True:
       if self._leftover is not None:
         item, self._leftover = self._leftover, None
