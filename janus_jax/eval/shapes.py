@@ -256,8 +256,11 @@ def main(argv=None) -> None:
     ckpt = args.checkpoint or model_adapter.default_checkpoint()
     if ckpt is None:
       p.error("no --checkpoint given and no checkpoint is shipped yet (issue 7); try --oracle")
-    adapter = model_adapter.load(ckpt, cfg_weight=args.cfg_weight,
-                                 temperature=args.temperature, seed=args.seed)
+    try:
+      adapter = model_adapter.load(ckpt, cfg_weight=args.cfg_weight,
+                                   temperature=args.temperature, seed=args.seed)
+    except (FileNotFoundError, ValueError) as e:
+      p.error(f"cannot load checkpoint {ckpt}: {e}")
   results = evaluate(adapter, gen, und, args.image_size, args.batch_size, args.images_per_prompt,
                      log=lambda m: print(m, flush=True))
   print(report(results))

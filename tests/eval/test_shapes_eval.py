@@ -102,3 +102,9 @@ def test_command_line_oracle(capsys):
   shapes.main(["--oracle", "--per_category", "2", "--questions", "10"])
   last = capsys.readouterr().out.strip().splitlines()[-1]
   assert last == "gen_overall=1.0000 und_accuracy=1.0000"
+
+
+def test_command_line_names_a_bad_checkpoint(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    shapes.main(["--checkpoint", str(tmp_path / "missing")])
+  assert "no config.json" in capsys.readouterr().err
