@@ -193,3 +193,56 @@ def make(sources: Sequence[Any], tok: tokenizer_lib.Tokenizer, cfg: Config,
          shard_options: grain.ShardOptions | None = None) -> Iterator:
   """The pipeline: `next(make(...))` is a packed batch (format in the module docstring)."""
   return Iterator(make_loader(sources, tok, cfg, shard_options), cfg, tok)
+
+
+def _spec_source(spec: str, kind: int):
+  """A dataset spec of `config.data` -> raw-record source (None for "")."""
+  from janus_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from janus_jax.data import tokenize_images  # pylint: disable=g-import-not-at-top
+  if not spec:
+    return None
+  if kind == mixture.GEN:
+    return tokenize_images.read(spec)
+  name, _, data_dir = spec.partition("@")
+  read = builders.read_conversations if kind == mixture.UND else builders.read_text
+  return read(data_dir or None, name)
+
+
+def make_train_iterator(data, model_config) -> Iterator:
+  """The trainer's entry point (`train.py` with `config.data.source != "synthetic"`).
+
+  `data` (an ml_collections ConfigDict or any attribute/`get` holder) fields:
+    tokenizer: checkpoint dir or tokenizer.json path.
+    und / text / gen: dataset specs, "" for none: und and text are "<tfds name>@<data_dir>" of a
+      prepared `builders.Conversations` / `builders.PlainText`; gen is a `tokenize_images` output
+      directory (VQ codes for Janus, VAE latents for JanusFlow).
+    ratios (und, text, gen); batch_size (global rows, split evenly over JAX processes); seq_len;
+    optional: family ("janus_pro"), max_images_per_row (4), max_flow_images_per_row (4),
+      caption_dropout (0.1), seed (0), worker_count (0), max_bad_fraction (0.05), flow_pixels.
+  Image sizes come from `model_config` (vision.image_size, image_tokens; JanusFlow
+  gen_latent_size, latent_channels, gen_tokens).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  get = data.get
+  is_flow = getattr(model_config, "family", "") == "janusflow"
+  family = get("family", "janusflow" if is_flow else "janus_pro")
+  ex = dict(family=family, seq_len=data.seq_len, image_size=model_config.vision.image_size,
+            image_tokens=model_config.image_tokens - (1 if is_flow else 0),
+            max_images_per_row=get("max_images_per_row", 4),
+            caption_dropout=get("caption_dropout", 0.1))
+  if is_flow:
+    side = model_config.gen_latent_size
+    ex.update(flow_tokens=model_config.gen_tokens(side),
+              latent_shape=(side, side, model_config.latent_channels),
+              max_flow_images_per_row=get("max_flow_images_per_row", 4),
+              flow_pixels=get("flow_pixels", False))
+  if data.batch_size % jax.process_count():
+    raise ValueError(f"data.batch_size {data.batch_size} is not divisible by the "
+                     f"{jax.process_count()} JAX processes")
+  cfg = Config(example=examples.Config(**ex), ratios=tuple(get("ratios", (5.0, 1.0, 4.0))),
+               batch_size=data.batch_size // jax.process_count(), seed=get("seed", 0),
+               worker_count=get("worker_count", 0),
+               max_bad_fraction=get("max_bad_fraction", 0.05))
+  tok = tokenizer_lib.load(data.tokenizer)
+  sources = [_spec_source(get(k, ""), i) for i, k in enumerate(mixture.KIND_NAMES)]
+  return make(sources, tok, cfg)

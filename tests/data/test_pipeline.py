@@ -195,3 +195,58 @@ def test_bad_fraction_limit_raises(tok):
   it = pipeline.make(corrupt_sources(), tok, cfg, NO_SHARD)
   with pytest.raises(pipeline.BadDataError, match="max_bad_fraction"):
     list(it)
+
+
+def flow_sources(n=12, latent=(4, 4, 4)):
+  rng = np.random.default_rng(5)
+  gen = [{"caption": synthetic.sentence(rng), "image": synthetic.png_bytes(rng, 40, 36),
+          "latents": rng.standard_normal(latent).astype(np.float32)} for _ in range(n)]
+  return [synthetic.und_records(n), synthetic.text_records(n), gen]
+
+
+def test_janusflow_flow_examples_and_packing(tok):
+  cfg = tiny_config(family="janusflow", flow_tokens=4, latent_shape=(4, 4, 4), flow_pixels=True,
+                    max_flow_images_per_row=2, caption_dropout=0.0, ratios=(1, 1, 2))
+  srcs = flow_sources()
+  ex = examples.Builder(tok, cfg.example)((mixture.GEN, srcs[2][0]), np.random.default_rng(0))
+  prompt = tok.encode(chat.t2i_prompt("janusflow", srcs[2][0]["caption"]))[:-1]  # tag dropped
+  n = len(prompt)
+  np.testing.assert_array_equal(ex["input_ids"][:n], prompt)
+  assert np.flatnonzero(ex["flow_seq_mask"]).tolist() == list(range(n, n + 5))  # t_emb + Q
+  assert not (ex["text_loss"] | ex["image_loss"]).any()
+  b = next(pipeline.make(srcs, tok, cfg, NO_SHARD))
+  assert b["flow_latents"].shape == (4, 2, 4, 4, 4) and b["flow_pixels"].shape == (4, 2, S, S, 3)
+  np.testing.assert_array_equal(b["flow_seq_mask"].sum(1), 5 * b["flow_image_mask"].sum(1))
+  assert b["flow_image_mask"].sum() > 0
+  # und slots include BOI in JanusFlow: P + 1 per image.
+  np.testing.assert_array_equal(b["images_seq_mask"].sum(1),
+                                (P + 1) * b["images_emb_mask"][..., 0].sum(1))
+
+
+def test_make_train_iterator_from_prepared_datasets(tok, tmp_path):
+  import ml_collections
+  from janus_jax.data import builders
+  from janus_jax.data import tokenize_images
+  raw = synthetic.write_raw_files(str(tmp_path / "raw"), n=6)
+  builders.prepare(builders.Conversations, raw["conversations"], str(tmp_path / "tfds"))
+  builders.prepare(builders.PlainText, raw["text"], str(tmp_path / "tfds"))
+  (tmp_path / "tokenizer.json").write_text(synthetic.tokenizer_json())
+  enc = tokenize_images.Encoder("codes", lambda px: np.zeros((len(px), P), np.int32), 16)
+  captions = [{"image": synthetic.png_bytes(np.random.default_rng(i), 20, 20), "caption": "a cat"}
+              for i in range(6)]
+  tokenize_images.run(captions, enc, str(tmp_path / "codes"), progress=False)
+  data = ml_collections.ConfigDict(dict(
+      tokenizer=str(tmp_path), und=f"conversations@{tmp_path / 'tfds'}",
+      text=f"plain_text@{tmp_path / 'tfds'}", gen=str(tmp_path / "codes"), ratios=(1, 1, 1),
+      batch_size=2, seq_len=256))
+
+  class Vision:
+    image_size = S
+
+  class Model:  # the fields make_train_iterator reads from a janus.Config
+    vision, image_tokens = Vision, P
+
+  it = pipeline.make_train_iterator(data, Model)
+  b = next(it)
+  assert b["input_ids"].shape == (2, 256) and set(np.unique(b["kinds"])) >= {0, 1}
+  assert it.stats["bad"] == 0
