@@ -185,12 +185,6 @@ def config_from(config_json: dict, tensor_shapes: dict, extra: dict | None = Non
   agree("vq_config.channel_multiplier", list(qc.get("channel_multiplier", vq_cfg.ch_mult)),
         list(vq_cfg.ch_mult))
 
-  tc = dict(tc)
-  rope = tc.get("rope_parameters") or {}
-  if rope.get("rope_type", "default") != "default":
-    bad.append(f"text_config.rope_parameters={rope!r}: only default RoPE is supported")
-  if "rope_theta" in rope:  # transformers 5 moved rope_theta into rope_parameters
-    tc.setdefault("rope_theta", rope["rope_theta"])
   llm = llama.Config.from_hf(tc, **llm_overrides)
   agree("text_config.hidden_size", llm.hidden_size, d)
   agree("text_config.vocab_size", llm.vocab_size,

@@ -52,6 +52,9 @@ class Config:
     """Builds a config from a HF `LlamaConfig` dict (the `language_config` of a Janus config)."""
     if d.get("rope_scaling"):
       raise ValueError(f"rope_scaling={d['rope_scaling']!r} is not supported (Janus uses none)")
+    rope = d.get("rope_parameters") or {}  # transformers 5 moved rope_theta in here
+    if rope.get("rope_type", "default") != "default":
+      raise ValueError(f"rope_parameters={rope!r}: only default RoPE is supported")
     if d.get("hidden_act", "silu") != "silu":
       raise ValueError(f"hidden_act={d['hidden_act']!r}: only 'silu' is supported")
     heads = d["num_attention_heads"]
@@ -64,7 +67,7 @@ class Config:
         num_kv_heads=d.get("num_key_value_heads") or heads,
         head_dim=d.get("head_dim") or d["hidden_size"] // heads,
         rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-        rope_theta=d.get("rope_theta", 10000.0),
+        rope_theta=d.get("rope_theta", rope.get("rope_theta", 10000.0)),
         max_position_embeddings=d.get("max_position_embeddings", 16384),
     )
     kw.update(overrides)
