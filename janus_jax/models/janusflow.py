@@ -217,7 +217,7 @@ class Model(nn.Module):
     return self.vision_gen_dec_model(x.reshape(b, h, w, x.shape[-1]), skip, t_emb)
 
   def init_all(self, ids, pixels, z):
-    """Touches every parameter (use with `init`): ids (B, T), pixels (B, S, S, 3), z (B, H, W, Z)."""
+    """Touches every parameter (for `init`): ids (B, T), pixels (B, S, S, 3), z (B, H, W, Z)."""
     b = ids.shape[0]
     tokens, t_emb, skip = self.gen_encode(z, jnp.zeros((b,), jnp.float32))
     und = self.encode_images(pixels)

@@ -8,7 +8,7 @@ The algorithm is the reference's (`demo/app_janusflow.py`, spec 5.3):
   * rows [cond x B; uncond x B] (halves, not interleaved); an uncond row keeps only its BOS, the
     other prompt tokens become `pad_id` and are masked out;
   * the prompt's last token (the generation tag) is dropped; each step appends `t_emb` and the
-    Q latent tokens; positions are 0.. per prompt (left padding shifts them, see `_prompt_rows`);
+    Q latent tokens; positions are 0.. per prompt (left padding shifts them, see `prompt_rows`);
   * step s of N: `t = s / N * 1000` (rounded to the model dtype), `v = w v_cond - (w - 1)
     v_uncond`, `z += dt v` with `dt = 1/N` in the integration dtype;
   * image = `vae.decode(z / scaling_factor)`, clipped, `(x + 1) / 2 * 255` truncated to uint8.
@@ -50,7 +50,7 @@ class Prompts:
   offset: np.ndarray
 
 
-def _prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Prompts:
+def prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Prompts:
   """Cond rows then uncond rows, left-padded, each prompt without its last token."""
   if not prompt_ids_list:
     raise ValueError("prompt_ids_list is empty: give one list of token ids per image")
@@ -72,6 +72,15 @@ def _prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Promp
       offsets.append(pad)
   return Prompts(np.asarray(rows, np.int32), np.asarray(masks, bool),
                  np.asarray(offsets, np.int32))
+
+
+def check_model(model) -> None:
+  """Raises a clear error unless `model` is a JanusFlow model."""
+  cfg = getattr(model, "config", None)
+  if not isinstance(cfg, janusflow.Config):
+    raise TypeError(f"JanusFlow sampling needs a janusflow.Model; got {type(model).__name__} "
+                    f"with config {type(cfg).__name__} (Janus / Janus-Pro checkpoints generate "
+                    "with janus_jax.sampling.image_ar)")
 
 
 def _step_velocity(model, params, z, t_step, prompt_embeds, prompt_mask, positions, cache,
@@ -126,6 +135,7 @@ def sample_latents(model: janusflow.Model, params, prompt_ids, prompt_mask, prom
     (z_final (B, h, w, Z), first_velocity (B, h, w, Z)): the latent after N steps and the guided
     velocity of step 0, both in the integration dtype.
   """
+  check_model(model)
   zdt = jnp.float32 if integrate_fp32 else model.dtype
   rows, length = prompt_ids.shape
   q = model.config.gen_tokens(z0.shape[1])
@@ -193,9 +203,10 @@ def generate(model: janusflow.Model, params, vae_model: vae_lib.Model, vae_param
   Returns:
     (B, H, W, 3) uint8 images.
   """
+  check_model(model)
   cfg = model.config
   vae_convert.check_latent_channels(vae_model.config, cfg.latent_channels, "the JanusFlow model")
-  prompts = _prompt_rows(prompt_ids_list, pad_id)
+  prompts = prompt_rows(prompt_ids_list, pad_id)
   b = len(prompt_ids_list)
   if z0 is None:
     if seed is None:
