@@ -139,7 +139,7 @@ class Model(nn.Module):
         "beg_of_und_embed", nn.with_logical_partitioning(nn.initializers.zeros, (None, "embed")),
         (1, d), self.param_dtype)
     self.vision_gen_enc_model = uvit.Encoder(c.encoder, **kw)
-    self.vision_gen_enc_aligner = layers.dense(d, ("conv_out", "embed"), **kw)
+    self.vision_gen_enc_aligner = layers.dense(d, ("conv_in", "embed"), **kw)
     self.vision_gen_dec_model = uvit.Decoder(c.decoder, **kw)
     self.vision_gen_dec_aligner_norm = layers.RMSNorm(c.llm.rms_norm_eps, axis_name="embed",
                                                       **kw)

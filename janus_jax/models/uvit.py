@@ -211,7 +211,7 @@ class ConvNextBlock(nn.Module):
     x = GlobalResponseNorm(self.dtype, self.param_dtype, name="channelwise_norm")(x)
     x = layers.dense(c, ("conv_out", "conv_in"), name="channelwise_linear_2", **kw)(x)
     x = x + residual
-    mod = layers.dense(2 * c, ("embed", "conv_out"), name="cond_embeds_mapper", **kw)(
+    mod = layers.dense(2 * c, ("embed", "conv_in"), name="cond_embeds_mapper", **kw)(
         nn.silu(cond.astype(self.dtype)))
     scale, shift = jnp.split(mod, 2, axis=-1)  # rows [0:C] scale, [C:2C] shift
     return x * (1 + scale[:, None, None, :]) + shift[:, None, None, :]
