@@ -239,30 +239,34 @@ def train(config, workdir: str, data=None) -> dict:
       every=config.get("log_every", 1))
 
   # --- Train ---
+  # `finally`: even when a non-finite metric stops the run, in-flight async saves of earlier
+  # (good) steps complete before the error propagates.
   out, batch, stopped, step = {}, first, False, start
-  with checkpoint.PreemptionGuard() as guard:
-    pending = None
-    for step in range(start + 1, config.total_steps + 1):
-      if batch is None:
-        batch = next(data)
-      gbatch = sharding.global_batch(batch, s.mesh)
-      batch = None
-      state, m = step_fn(state, gbatch, jax.random.fold_in(base_rng, step))
-      if pending is not None:  # the previous step's metrics, read while this step runs
+  try:
+    with checkpoint.PreemptionGuard() as guard:
+      pending = None
+      for step in range(start + 1, config.total_steps + 1):
+        if batch is None:
+          batch = next(data)
+        gbatch = sharding.global_batch(batch, s.mesh)
+        batch = None
+        state, m = step_fn(state, gbatch, jax.random.fold_in(base_rng, step))
+        if pending is not None:  # the previous step's metrics, read while this step runs
+          out = _report(reporter, s, *pending)
+        pending = (step, m)
+        stop = guard.should_stop()
+        if stop or step == config.total_steps or ckpt.should_save(step):
+          out = _report(reporter, s, *pending)  # never save a state whose loss is not finite
+          pending = None
+          ckpt.save(step, state, checkpoint.iterator_state(data))
+        if stop:
+          stopped = True
+          break
+      if pending is not None:
         out = _report(reporter, s, *pending)
-      pending = (step, m)
-      stop = guard.should_stop()
-      if stop or step == config.total_steps or ckpt.should_save(step):
-        out = _report(reporter, s, *pending)  # never save a state whose loss is not finite
-        pending = None
-        ckpt.save(step, state, checkpoint.iterator_state(data))
-      if stop:
-        stopped = True
-        break
-    if pending is not None:
-      out = _report(reporter, s, *pending)
-  ckpt.close()
-  reporter.close()
+  finally:
+    ckpt.close()
+    reporter.close()
   out.update(step=step, stopped=stopped)
   return out
 
