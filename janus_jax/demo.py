@@ -1,0 +1,393 @@
+r"""The embedded demo recipe: a small Janus trained end to end on the shapes world (issue 7).
+
+    python -m janus_jax.demo --out /tmp/shapes_demo [--config configs/demo_shapes.py:full]
+
+One command, in order (each step prints what it did and how long it took):
+  1. world      the `shapes_world` TFDS dataset (train / test splits, `janus_jax.data.shapes`)
+  2. tokenizer  a byte-level BPE `tokenizer.json` with the Janus special tokens
+  3. vq         a small VQ-16 tokenizer trained on the train images; PSNR on the test split
+  4. codes      every train image tokenized once with the frozen VQ (offline codes)
+  5. stages     three Janus stages through `janus_jax.data.pipeline` (understanding =
+                multi-turn QA about an image, generation = caption -> 64 codes, with caption
+                dropout for guidance) and `janus_jax.train_steps.train_step`
+  6. export     `OUT/checkpoint`: config.json + params/chunk_000 (the converter's layout, read by
+                `janus_jax.convert.driver.load_converted`, sample.py and ShapesEval) + tokenizer
+  7. eval       ShapesEval on the exported checkpoint; the table goes to OUT/eval.txt
+
+Why a loop here instead of `train.py`: train.py builds models from named variants
+(`janus.get_config(variant)`), and this model's sizes exist only in configs/demo_shapes.py. The
+loop below is the same pure `train_steps.train_step` with the same regex optimizer
+(`optim.make`) and batch format, on one device, without checkpoint/resume machinery (the whole
+recipe takes well under an hour; rerun it from scratch).
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import shutil
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from janus_jax import optim
+from janus_jax import train_steps
+from janus_jax import vq_training
+from janus_jax.data import examples
+from janus_jax.data import pipeline
+from janus_jax.data import tokenizer as tokenizer_lib
+from janus_jax.data.shapes import builder as shapes_builder
+from janus_jax.data.shapes import vocab
+from janus_jax.models import aligners
+from janus_jax.models import gen_head
+from janus_jax.models import janus
+from janus_jax.models import llama
+from janus_jax.models import siglip
+from janus_jax.models import vq
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def log(msg: str) -> None:
+  print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The world.
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Split:
+  """One split held in memory: images uint8 (N, S, S, 3), per-record captions and QA pairs."""
+  images: np.ndarray
+  captions: list[list[str]]
+  qa: list[list[tuple[str, str]]]
+
+
+def _text(x) -> str:
+  return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def load_world(data_dir: pathlib.Path, config_name: str, limits: dict) -> dict[str, Split]:
+  """Prepares `shapes_world` under `data_dir` (no-op if there) and reads train and test."""
+  b = shapes_builder.prepare(str(data_dir), config_name)
+  out = {}
+  for split, limit in limits.items():
+    src = b.as_data_source(split=split)
+    n = min(len(src), limit)
+    recs = [src[i] for i in range(n)]
+    out[split] = Split(
+        images=np.stack([np.asarray(r["image"], np.uint8) for r in recs]),
+        captions=[[_text(c) for c in r["captions"]] for r in recs],
+        qa=[list(zip(map(_text, r["questions"]), map(_text, r["answers"]))) for r in recs])
+  return out
+
+
+class UndSource:
+  """Understanding records: record i is a multi-turn chat of all QA pairs of image i.
+
+  Turn order rotates with the record, so every question kind also appears as the first turn
+  (the single-question layout of inference).
+  """
+
+  def __init__(self, split: Split):
+    self.split = split
+
+  def __len__(self) -> int:
+    return len(self.split.qa)
+
+  def __getitem__(self, i: int) -> dict:
+    i = int(i)
+    qa = self.split.qa[i]
+    k = i % len(qa)
+    qa = qa[k:] + qa[:k]
+    roles = ["user", "assistant"] * len(qa)
+    contents = [t for pair in qa for t in pair]
+    return {"roles": roles, "contents": contents, "images": [self.split.images[i]]}
+
+
+class GenSource:
+  """Generation records: record i is caption i % C of image i // C with its VQ codes."""
+
+  def __init__(self, split: Split, codes: np.ndarray):
+    self.split, self.codes = split, codes
+    self.per = len(split.captions[0])
+
+  def __len__(self) -> int:
+    return len(self.split.captions) * self.per
+
+  def __getitem__(self, i: int) -> dict:
+    img, k = divmod(int(i), self.per)
+    caps = self.split.captions[img]
+    return {"caption": caps[k % len(caps)], "codes": self.codes[img]}
+
+
+# ----------------------------------------------------------------------------------------------
+# 2-3. Model config and VQ.
+# ----------------------------------------------------------------------------------------------
+
+
+def vq_config(c) -> vq.Config:
+  m = c.model
+  return vq.Config(codebook_size=m.codebook_size, codebook_dim=m.codebook_dim,
+                   z_channels=m.vq_z, base_channels=m.vq_base, ch_mult=tuple(m.vq_ch_mult),
+                   num_res_blocks=m.vq_res_blocks, norm_groups=m.vq_norm_groups)
+
+
+def model_config(c, vocab_size: int) -> janus.Config:
+  """The demo Janus: SigLIP-style encoder at S px / patch 8, LLaMA decoder, the VQ above."""
+  m = c.model
+  d = m.hidden
+  vq_cfg = vq_config(c)
+  vision = siglip.Config(image_size=c.image_size, patch_size=m.patch_size, width=m.vision_width,
+                         depth=m.vision_depth, heads=m.vision_heads)
+  llm = llama.Config(vocab_size=vocab_size, hidden_size=d, intermediate_size=m.intermediate,
+                     num_layers=m.layers, num_heads=m.heads, num_kv_heads=m.heads,
+                     head_dim=m.head_dim, max_position_embeddings=1024)
+  cfg = janus.Config(
+      vision=vision, aligner=aligners.Config(vision.width, d, "mlp_gelu", 2), vq=vq_cfg,
+      gen_aligner=aligners.Config(vq_cfg.codebook_dim, d, "mlp_gelu", 2),
+      gen_head=gen_head.Config(d, d, vq_cfg.codebook_size), llm=llm,
+      image_token_size=vq_cfg.codebook_size, gen_embed_dim=vq_cfg.codebook_dim)
+  grid = (c.image_size // vq_cfg.downsample_factor) ** 2
+  if grid != cfg.image_tokens:
+    raise ValueError(f"{grid} VQ codes per image but {cfg.image_tokens} understanding patches: "
+                     "the pipeline uses one image-token count for both")
+  return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The Janus stages.
+# ----------------------------------------------------------------------------------------------
+
+
+def stage_config(c, stage) -> ml_collections.ConfigDict:
+  """The run-config fields `train_step` and `optim.make` read, for one stage."""
+  r = ml_collections.ConfigDict()
+  r.total_steps = stage.steps
+  r.optim = ml_collections.ConfigDict(dict(
+      lr=stage.lr, warmup_steps=stage.warmup, schedule="warmup_cosine", b1=0.9, b2=0.95,
+      eps=1e-8, weight_decay=0.0, grad_clip=1.0, trainable=(), frozen=tuple(c.frozen),
+      lr_mults=(), grad_accum_steps=1, total_steps=stage.steps))
+  r.loss = ml_collections.ConfigDict(dict(cfg_drop_prob=c.caption_dropout))
+  r.ema_decay = 0.0
+  return r
+
+
+def make_batches(c, stage, tok, model_cfg: janus.Config, und: UndSource, gen: GenSource,
+                 seed: int) -> pipeline.Iterator:
+  ex = examples.Config(family=c.family, seq_len=c.seq_len, max_images_per_row=4,
+                       image_tokens=model_cfg.image_tokens, image_size=c.image_size,
+                       caption_dropout=c.caption_dropout)
+  cfg = pipeline.Config(example=ex, ratios=tuple(stage.ratios), batch_size=c.batch_size,
+                        seed=seed)
+  sources = [und if stage.ratios[0] else None, None, gen if stage.ratios[2] else None]
+  return pipeline.make(sources, tok, cfg, shard_options=_no_sharding())
+
+
+def _no_sharding():
+  import grain.python as grain  # pylint: disable=g-import-not-at-top
+  return grain.NoSharding()
+
+
+def run_stage(c, stage, model: janus.Model, params, batches, index: int):
+  """Trains all unfrozen parameters for `stage.steps` steps; returns (params, last metrics)."""
+  rc = stage_config(c, stage)
+  tx, labels, sched = optim.make(rc.optim, params)
+  state = train_steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                 opt_state=tx.init(params))
+  step = jax.jit(lambda s, b, r: train_steps.train_step(
+      s, b, r, terms_fn=train_steps.bind_terms(model, "janus", rc), tx=tx,
+      trainable=optim.trainable_mask(labels), config=rc), donate_argnums=(0,))
+  rng = jax.random.key(c.seed + 100 + index)
+  start, m = time.time(), {}
+  for i in range(1, stage.steps + 1):
+    state, m = step(state, next(batches), jax.random.fold_in(rng, i))
+    if i % c.log_every == 0 or i == stage.steps:
+      m = {k: float(v) for k, v in m.items()}
+      if not np.isfinite(m["loss"]):
+        raise FloatingPointError(f"{stage.name} step {i}: loss is not finite: {m}")
+      log(f"{stage.name} {i}/{stage.steps}: loss={m['loss']:.4f} und={m['loss_und']:.4f} "
+          f"gen={m['loss_gen']:.4f} lr={float(sched(i - 1)):.2e} "
+          f"({(time.time() - start) / i:.2f}s/step)")
+  return state.params, m
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Export in the converter's layout.
+# ----------------------------------------------------------------------------------------------
+
+
+def export(out_dir: pathlib.Path, cfg: janus.Config, params, tokenizer_dir: pathlib.Path,
+           dtype: str = "float32", extra: dict | None = None) -> int:
+  """Writes a converted-checkpoint directory (+ tokenizer files); returns its size in bytes."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
+  np_dtype = {"float32": np.float32, "bfloat16": jnp.bfloat16}[dtype]
+  if out_dir.exists():
+    shutil.rmtree(out_dir)
+  out_dir.mkdir(parents=True)
+  host = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(np_dtype), params)
+  ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(
+      (out_dir / "params" / "chunk_000").absolute(), args=ocp.args.StandardSave(host))
+  # "source" names how it was made; sample.py reads "pro" in it as the Janus-Pro chat template.
+  meta = {"family": "janus", "config": driver.config_to_json(cfg), "dtype": dtype,
+          "source": "janus_jax.demo (shapes world, janus_pro chat template)", "skipped": [],
+          "chunks": 1, **(extra or {})}
+  (out_dir / "config.json").write_text(json.dumps(meta, indent=1))
+  for name in TOKENIZER_FILES:
+    shutil.copy(tokenizer_dir / name, out_dir / name)
+  return sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
+
+
+# ----------------------------------------------------------------------------------------------
+# The recipe.
+# ----------------------------------------------------------------------------------------------
+
+
+def run(c, out: pathlib.Path) -> dict:
+  """Runs the whole recipe into `out`; returns the summary also written to out/summary.json."""
+  out.mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
+  times, summary = {}, {}
+
+  def done(name, since):
+    times[name] = round(time.time() - since, 1)
+    log(f"{name} done in {times[name]:.0f}s")
+
+  t = time.time()
+  world = load_world(out / "tfds", c.world.builder_config,
+                     {"train": c.world.num_train, "test": c.world.num_test})
+  done("world", t)
+
+  t = time.time()
+  tok_dir = out / "tokenizer"
+  vocab.train_tokenizer(str(tok_dir), c.tokenizer.vocab_size, c.tokenizer.num_scenes, c.seed)
+  tok = tokenizer_lib.load(str(tok_dir))
+  done("tokenizer", t)
+
+  t = time.time()
+  vcfg = vq_config(c)
+  vq_params = vq_training.train(vcfg, world["train"].images, steps=c.vq.steps,
+                                batch_size=c.vq.batch_size, lr=c.vq.lr, warmup=c.vq.warmup,
+                                seed=c.seed, log=log, log_every=max(1, c.vq.steps // 10))
+  summary["vq_psnr_test"] = round(vq_training.psnr(vcfg, vq_params, world["test"].images), 2)
+  log(f"VQ reconstruction PSNR on the test split: {summary['vq_psnr_test']:.2f} dB")
+  done("vq", t)
+
+  t = time.time()
+  codes = vq_training.encode(vcfg, vq_params, world["train"].images)
+  used = len(np.unique(codes))
+  log(f"tokenized {len(codes)} train images: {codes.shape[1]} codes each, {used} of "
+      f"{vcfg.codebook_size} codebook entries used")
+  done("codes", t)
+
+  cfg = model_config(c, max(tok.vocab_size, c.tokenizer.vocab_size))
+  model = janus.Model(cfg)
+  params = nn.unbox(model.init(jax.random.key(c.seed), *janus.init_inputs(cfg),
+                               method=janus.Model.init_all)["params"])
+  params = {**params, "gen_vision_model": vq_params}
+  n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  log(f"model: {n_params / 1e6:.2f}M parameters")
+  und, gen = UndSource(world["train"]), GenSource(world["train"], codes)
+  metrics = {}
+  for i, stage in enumerate(c.stages):
+    t = time.time()
+    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + i)
+    params, metrics[stage.name] = run_stage(c, stage, model, params, batches, i)
+    done(stage.name, t)
+  summary["final_metrics"] = {k: round(v, 4) for k, v in metrics[c.stages[-1].name].items()}
+
+  t = time.time()
+  ckpt = out / "checkpoint"
+  size = export(ckpt, cfg, params, tok_dir, c.export_dtype,
+                {"recipe": "python -m janus_jax.demo", "vq_psnr_test": summary["vq_psnr_test"]})
+  summary["checkpoint_bytes"] = size
+  log(f"exported {ckpt} ({size / 2**20:.1f} MiB, {n_params / 1e6:.2f}M parameters)")
+  done("export", t)
+  summary["train_seconds"] = round(time.time() - t0, 1)
+
+  if c.eval.run:
+    t = time.time()
+    summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
+    done("eval", t)
+  summary["times"] = times
+  summary["total_seconds"] = round(time.time() - t0, 1)
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  log(f"summary: {json.dumps(summary)}")
+  return summary
+
+
+def evaluate(ckpt: pathlib.Path, c, report_path: pathlib.Path) -> dict:
+  """ShapesEval on an exported checkpoint; writes the printed table to `report_path`."""
+  from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
+  from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
+  e = c.eval
+  adapter = model_adapter.load(str(ckpt), cfg_weight=e.cfg_weight, temperature=e.temperature,
+                               seed=c.seed, image_size=c.image_size)
+  results = shapes.evaluate(adapter, shapes.gen_items(e.per_category, c.seed),
+                            shapes.und_items(e.questions, c.seed), c.image_size, log=log)
+  table = shapes.report(results)
+  report_path.write_text(table + "\n")
+  print(table, flush=True)
+  return {k: round(v, 4) for k, v in results.items()}
+
+
+def load_config(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
+  """`path/to/config.py[:arg]` plus `field.sub=value` overrides (values parsed as JSON if they
+  parse, else kept as strings)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  mod_spec = importlib.util.spec_from_file_location("demo_config", path)
+  if mod_spec is None or not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"config file {path} does not exist")
+  mod = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(mod)
+  c = mod.get_config(arg or None)
+  for o in overrides:
+    key, sep, value = o.partition("=")
+    if not sep:
+      raise ValueError(f"override {o!r} is not field=value")
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:
+      pass
+    target, parts = c, key.split(".")
+    for part in parts[:-1]:
+      target = target[int(part)] if isinstance(target, list) else target[part]
+    last = parts[-1]
+    if isinstance(target, list):
+      target[int(last)] = value
+    else:
+      target[last] = tuple(value) if isinstance(target[last], tuple) else value
+  return c
+
+
+def default_config_path() -> str:
+  return str(pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo_shapes.py")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--out", required=True, help="output directory (world, tokenizer, checkpoint)")
+  p.add_argument("--config", default=default_config_path(),
+                 help="config file[:arg], default configs/demo_shapes.py (full recipe)")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a config field, e.g. --set vq.steps=100 (repeatable)")
+  args = p.parse_args(argv)
+  try:
+    c = load_config(args.config, args.set)
+  except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
+    p.error(f"bad --config/--set: {e}")
+  run(c, pathlib.Path(args.out))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
