@@ -60,10 +60,16 @@ class DataStateHandler(ocp.CheckpointHandler):
 
   def restore(self, directory: epath.Path, args: "DataRestore" = None):
     path = self._file(directory)
-    if not path.exists():
-      raise FileNotFoundError(f"no data-iterator state for this process at {path} (was the "
-                              "checkpoint written with a different process count?)")
-    return json.loads(path.read_text())
+    if path.exists():
+      return json.loads(path.read_text())
+    # Written by another process count: usable only if every process saved the same state
+    # (e.g. iterators that derive their rows from a global position).
+    states = [json.loads(f.read_text()) for f in sorted(directory.glob("process_*-of-*.json"))]
+    if states and all(st == states[0] for st in states):
+      return states[0]
+    raise FileNotFoundError(f"no data-iterator state for this process at {path}, and the "
+                            f"{len(states)} saved per-process states differ (the checkpoint was "
+                            "written with a different process count)")
 
   def metadata(self, directory):
     return None
