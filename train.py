@@ -115,8 +115,38 @@ def make_data(config, module):
         batch_size=d.batch_size, seq_len=d.seq_len, vocab=llm_config(module).vocab_size,
         kinds=tuple(d.kinds), seed=config.seed, fixed=d.get("fixed", False), rows=rows,
         **janus_sizes)
+  if d.source == "pipeline":
+    return _pipeline(config, module.config)
+  raise ValueError(f"unknown config.data.source {d.source!r}; use synthetic or pipeline")
+
+
+def _pipeline(config, model_config):
+  """The grain pipeline of `janus_jax.data` over TFDS datasets prepared under data.data_dir."""
+  from janus_jax.data import builders  # pylint: disable=g-import-not-at-top
+  from janus_jax.data import examples  # pylint: disable=g-import-not-at-top
   from janus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.make_train_iterator(config.data, module.config)
+  from janus_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
+  d, family = config.data, model_config.family
+  und, text, gen = d.ratios
+  if family == "janusflow" and gen:
+    raise ValueError("the janus_jax.data pipeline yields VQ codes, not the VAE latents JanusFlow "
+                     "generation needs; set data.ratios gen=0 or data.source=synthetic")
+  read_codes = getattr(builders, "read_codes", None)
+  if gen and read_codes is None:
+    raise ValueError("generation data needs a VQ-codes dataset reader (janus_jax.data.builders."
+                     "read_codes), which this version lacks; set data.ratios gen=0")
+  readers = (builders.read_conversations if und else None, builders.read_text if text else None,
+             read_codes if gen else None)
+  names = (d.und, d.text, d.gen)
+  sources = [r(d.data_dir, name) if r else None for r, name in zip(readers, names)]
+  example = examples.Config(
+      family="janus_pro" if family == "janus" else family, seq_len=d.seq_len,
+      max_images_per_row=d.max_images_per_row, image_tokens=model_config.vision.num_patches,
+      image_size=model_config.vision.image_size, caption_dropout=d.caption_dropout)
+  cfg = pipeline.Config(example=example, ratios=tuple(d.ratios),
+                        batch_size=d.batch_size // jax.process_count(), seed=config.seed,
+                        worker_count=d.worker_count)
+  return pipeline.make(sources, tokenizer.load(d.tokenizer), cfg)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,56 @@
+"""Stage recipes: every regex matches real parameter paths of the full-size models (shapes only,
+via jax.eval_shape) and each stage freezes what its paper says."""
+
+import importlib
+
+import flax.linen as nn
+import jax
+import pytest
+
+from janus_jax import optim
+from tests.train import helpers
+
+train = helpers.train_module()
+
+
+def _frozen_tops(config):
+  _, _, init = train.build_model(config)
+  params = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
+  _, labels, _ = optim.make(config.optim, params)  # raises on a regex that matches nothing
+  frozen = set(optim.frozen_paths(labels))
+  tops = {}
+  for p, _ in jax.tree_util.tree_flatten_with_path(labels)[0]:
+    path = optim.path_str(p)
+    top = path.split("/")[0]
+    tops.setdefault(top, set()).add(path in frozen)
+  return {t: (True if v == {True} else False if v == {False} else "mixed") for t, v in tops.items()}
+
+
+def _recipe(name, arg):
+  helpers.train_module()  # puts the repo root on sys.path
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+@pytest.mark.parametrize("arg,frozen,trained", [
+    ("stage1", {"language_model", "vision_model", "gen_vision_model"},
+     {"aligner", "gen_aligner", "gen_embed", "gen_head"}),
+    ("stage2", {"vision_model", "gen_vision_model"}, {"language_model", "gen_head", "aligner"}),
+    ("stage3", {"gen_vision_model"}, {"vision_model", "language_model"}),
+])
+def test_janus_pro_stages(arg, frozen, trained):
+  tops = _frozen_tops(_recipe("train_janus_pro", arg))
+  assert {t for t, f in tops.items() if f is True} == frozen
+  assert all(tops[t] is False for t in trained)
+
+
+@pytest.mark.parametrize("arg,frozen", [
+    ("stage1", {"language_model", "vision_und_enc_model"}),
+    ("stage2", {"vision_und_enc_model"}),
+    ("stage3", set()),
+])
+def test_janusflow_stages(arg, frozen):
+  config = _recipe("train_janusflow", arg)
+  tops = _frozen_tops(config)
+  assert {t for t, f in tops.items() if f is True} == frozen
+  assert tops["repa_projector"] is False and tops["vision_gen_dec_model"] is False
+  assert config.optim.b1 == 0.9 and config.optim.b2 == 0.95 and config.optim.weight_decay == 0
