@@ -54,3 +54,21 @@ def test_janusflow_stages(arg, frozen):
   assert {t for t, f in tops.items() if f is True} == frozen
   assert tops["repa_projector"] is False and tops["vision_gen_dec_model"] is False
   assert config.optim.b1 == 0.9 and config.optim.b2 == 0.95 and config.optim.weight_decay == 0
+
+
+def test_full_size_stage2_step_traces():
+  """The Janus-Pro-1B stage-2 step on a packed 4096-token row (576 image codes) type-checks."""
+  config = _recipe("train_janus_pro", "stage2")
+  config.data.update(source="synthetic", batch_size=1, seq_len=4096, gen_tokens=576)
+  s = train.setup(config, jax.devices()[:1])
+  batch = next(train.make_data(config, s.module))
+  step = train.train_steps.train_step
+  terms = train.train_steps.bind_terms(s.module, s.family, config)
+  abstract_batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
+  with train.sharding.activate(s.mesh, s.rules):
+    state, m = jax.eval_shape(
+        lambda st, b, r: step(st, b, r, terms_fn=terms, tx=s.tx,
+                              trainable=optim.trainable_mask(s.labels), config=config),
+        s.abstract_state, abstract_batch, jax.random.key(0))
+  assert m["loss"].shape == () and "loss_gen" in m
+  assert jax.tree_util.tree_structure(state) == jax.tree_util.tree_structure(s.abstract_state)
