@@ -125,3 +125,11 @@ def test_damaged_latest_checkpoint_falls_back(tmp_path, caplog):
   assert "unreadable" in caplog.text and "falling back to step 1" in caplog.text
   ck.close()
   ck2.close()
+
+
+def test_ema_update_keeps_float32_and_moves_toward_params():
+  ema = {"w": jnp.zeros((3,), jnp.float32)}
+  params = {"w": jnp.ones((3,), jnp.bfloat16)}
+  out = optim.ema_update(ema, params, 0.9)
+  assert out["w"].dtype == jnp.float32
+  np.testing.assert_allclose(out["w"], 0.1)
