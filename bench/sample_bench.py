@@ -1,0 +1,340 @@
+"""Text-to-image sampling speed: the compiled JAX sampler vs the reference's eager PyTorch loop.
+
+  python bench/sample_bench.py                      # mid-size config on CPU (a few minutes)
+  python bench/sample_bench.py --config=janus_pro_7b --images=16   # the GPU default
+
+Both sides run the same algorithm (spec 5.2: interleaved cond/uncond rows, guidance w = 5,
+temperature 1, 576 image tokens, VQ decode) on the same random weights: the JAX parameters are
+copied into a transformers `LlamaModel` plus torch gen-head / gen-embed / gen-aligner MLPs
+written here, and the reference loop (`generation_inference.py`'s algorithm: one eager forward
+per token with the HF KV cache, `multinomial` sampling) runs on them. A greedy run of both
+first checks that they pick the same codes. End-to-end adds the VQ decode (transformers'
+`JanusVQVAE` on the torch side, same architecture, its own random weights). With `--hf`, also
+times transformers' `JanusForConditionalGeneration.generate(generation_mode="image")`.
+
+Prints image tokens/s (tokens of all images, not of the doubled rows) and images/s, and as its
+last line `speedup_vs_reference=<JAX token throughput / reference token throughput>`.
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from janus_jax.models import aligners  # noqa: E402
+from janus_jax.models import gen_head  # noqa: E402
+from janus_jax.models import janus  # noqa: E402
+from janus_jax.models import llama  # noqa: E402
+from janus_jax.models import siglip  # noqa: E402
+from janus_jax.models import vq  # noqa: E402
+from janus_jax.sampling import image_ar  # noqa: E402
+from janus_jax.sampling import samplers  # noqa: E402
+
+PAD = 3
+
+
+def bench_config(name: str) -> janus.Config:
+  """"mid": a ~60M-parameter LLM with the real 576-token grid and codebook (CPU default)."""
+  if name == "janus_pro_7b":
+    return janus.get_config("janus_pro_7b")
+  if name != "mid":
+    raise ValueError(f"unknown bench config {name!r}: mid or janus_pro_7b")
+  d = 512
+  llm = llama.Config(vocab_size=32000, hidden_size=d, intermediate_size=1408, num_layers=8,
+                     num_heads=8, num_kv_heads=8, head_dim=64, max_position_embeddings=2048)
+  vq_cfg = vq.get_config("vq16", base_channels=32, z_channels=64)
+  vision = siglip.Config(image_size=32, patch_size=8, width=64, depth=1, heads=4)  # unused
+  return janus.Config(vision=vision, aligner=aligners.Config(64, d), vq=vq_cfg,
+                      gen_aligner=aligners.Config(vq_cfg.codebook_dim, d),
+                      gen_head=gen_head.Config(d, d, vq_cfg.codebook_size), llm=llm,
+                      image_token_size=vq_cfg.codebook_size, gen_embed_dim=vq_cfg.codebook_dim)
+
+
+def init_generation_params(model: janus.Model, num_tokens: int):
+  """Random parameters of every module text-to-image uses (the vision tower is skipped)."""
+  def touch(m, codes):
+    pos = jnp.broadcast_to(jnp.arange(codes.shape[1]), codes.shape)
+    h = m.llm(m.embed_image_codes(codes) + m.embed_text(codes), pos).hidden
+    return m.gen_logits(h), m.decode_codes(jnp.zeros((1, num_tokens), jnp.int32))
+  init = jax.jit(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                                    method=touch))
+  return nn.meta.unbox(init()["params"])
+
+
+# --------------------------------------------------------------------------- torch reference
+
+
+@contextlib.contextmanager
+def _default_dtype(torch, dtype):
+  old = torch.get_default_dtype()
+  torch.set_default_dtype(dtype)
+  try:
+    yield
+  finally:
+    torch.set_default_dtype(old)
+
+
+def torch_reference(config: janus.Config, params, dtype, device):
+  """transformers LlamaModel + torch MLPs holding the JAX weights; returns a `generate` fn."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+
+  c = config.llm
+  tdtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
+
+  def t(x):  # jax array -> torch tensor on `device` (zero-copy on GPU via dlpack)
+    if device == "cpu":
+      return torch.from_numpy(np.asarray(jnp.asarray(x, jnp.float32))).to(tdtype)
+    return torch.from_dlpack(jnp.asarray(x, dtype)).to(device)
+
+  fields = {k: v for k, v in c.to_hf().items() if k != "model_type"}
+  hf_cfg = transformers.LlamaConfig(**fields, attn_implementation="sdpa")
+  with torch.device(device), _default_dtype(torch, tdtype):  # no float32 copy of a 7B
+    lm = transformers.LlamaModel(hf_cfg).eval()
+  p = params["language_model"]["model"]
+  n, h, d = c.num_heads, c.head_dim, c.hidden_size
+  with torch.no_grad():
+    lm.embed_tokens.weight.copy_(t(p["embed_tokens"]["embedding"]))
+    lm.norm.weight.copy_(t(p["norm"]["scale"]))
+    lp = p["layers"]
+    for i, layer in enumerate(lm.layers):
+      a = lp["self_attn"]
+      layer.self_attn.q_proj.weight.copy_(t(a["q_proj"][i].reshape(d, -1).T))
+      layer.self_attn.k_proj.weight.copy_(t(a["k_proj"][i].reshape(d, -1).T))
+      layer.self_attn.v_proj.weight.copy_(t(a["v_proj"][i].reshape(d, -1).T))
+      layer.self_attn.o_proj.weight.copy_(t(a["o_proj"][i].reshape(n * h, d).T))
+      for name in ("gate_proj", "up_proj", "down_proj"):
+        getattr(layer.mlp, name).weight.copy_(t(lp["mlp"][name]["kernel"][i].T))
+      layer.input_layernorm.weight.copy_(t(lp["input_layernorm"]["scale"][i]))
+      layer.post_attention_layernorm.weight.copy_(t(lp["post_attention_layernorm"]["scale"][i]))
+
+  def mlp(dense0, dense1):
+    seq = torch.nn.Sequential(torch.nn.Linear(*dense0["kernel"].shape), torch.nn.GELU(),
+                              torch.nn.Linear(*dense1["kernel"].shape)).to(device, tdtype)
+    with torch.no_grad():
+      for mod, dp in ((seq[0], dense0), (seq[2], dense1)):
+        mod.weight.copy_(t(dp["kernel"].T))
+        mod.bias.copy_(t(dp["bias"]))
+    return seq.eval()
+
+  head = mlp(params["gen_head"]["output_mlp_projector"], params["gen_head"]["vision_head"])
+  aligner = mlp(params["gen_aligner"]["layers_0"], params["gen_aligner"]["layers_2"])
+  embed = torch.nn.Embedding(config.image_token_size, config.gen_embed_dim).to(device, tdtype)
+  with torch.no_grad():
+    embed.weight.copy_(t(params["gen_embed"]["embedding"]))
+
+  @torch.inference_mode()
+  def generate(prompt_ids, num_images, cfg_weight, num_tokens, greedy=False, seed=0):
+    """The reference loop, verbatim in algorithm: (num_images, num_tokens) codes."""
+    torch.manual_seed(seed)
+    ids = torch.tensor(prompt_ids, device=device)
+    tokens = ids.repeat(2 * num_images, 1)
+    tokens[1::2, 1:-1] = PAD
+    embeds = lm.embed_tokens(tokens)
+    codes = torch.zeros((num_images, num_tokens), dtype=torch.long, device=device)
+    past = None
+    for i in range(num_tokens):
+      out = lm(inputs_embeds=embeds, use_cache=True, past_key_values=past)
+      past = out.past_key_values
+      logits = head(out.last_hidden_state[:, -1, :])
+      logits = logits[1::2] + cfg_weight * (logits[0::2] - logits[1::2])
+      if greedy:
+        nxt = torch.argmax(logits, dim=-1)
+      else:
+        nxt = torch.multinomial(torch.softmax(logits.float(), dim=-1), 1)[:, 0]
+      codes[:, i] = nxt
+      embeds = aligner(embed(nxt.repeat_interleave(2)))[:, None, :]
+    return codes
+
+  return generate
+
+
+def torch_vq_decoder(config: janus.Config, grid: int, dtype, device):
+  """transformers' JanusVQVAE (the reference VQ-16 architecture) with random weights."""
+  import torch  # noqa: PLC0415
+  from transformers.models.janus import modeling_janus  # noqa: PLC0415
+  v = config.vq
+  cfg = modeling_janus.JanusVQVAEConfig(
+      embed_dim=v.codebook_dim, num_embeddings=v.codebook_size, latent_channels=v.z_channels,
+      base_channels=v.base_channels, channel_multiplier=list(v.ch_mult),
+      num_res_blocks=v.num_res_blocks, num_patches=grid,
+      projection_dim=config.llm.hidden_size, image_token_embed_dim=config.llm.hidden_size)
+  tdtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
+  with torch.device(device):
+    model = modeling_janus.JanusVQVAE(cfg).to(tdtype).eval()
+
+  @torch.inference_mode()
+  def decode(codes):
+    x = model.decode(codes).float().permute(0, 2, 3, 1).cpu().numpy()
+    out = np.zeros(x.shape, np.uint8)
+    out[...] = np.clip((x + 1) / 2 * 255, 0, 255)
+    return out
+  return decode
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def timed(fn, repeats: int):
+  """Best wall time of `repeats` calls (after the caller's warm-up)."""
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--config", default="auto", help="mid | janus_pro_7b (auto: by backend)")
+  ap.add_argument("--images", type=int, default=0, help="parallel_size (0: 16 GPU, 4 CPU)")
+  ap.add_argument("--tokens", type=int, default=576, help="image tokens per image")
+  ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 (auto: by backend)")
+  ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (best counts)")
+  ap.add_argument("--threads", type=int, default=1,
+                  help="CPU only: threads for both XLA and torch (0: their defaults). One by "
+                       "default: on a shared machine oversubscribed torch threads spin and "
+                       "distort the comparison")
+  ap.add_argument("--check_tokens", type=int, default=32,
+                  help="greedy codes compared between JAX and the reference (0: skip)")
+  ap.add_argument("--hf", action="store_true",
+                  help="also time transformers JanusForConditionalGeneration.generate")
+  args = ap.parse_args(argv)
+  if args.threads:  # must precede the first use of the XLA CPU backend
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false"
+                               f" intra_op_parallelism_threads={args.threads}")
+  on_gpu = jax.default_backend() == "gpu"
+  if args.config == "auto":
+    args.config = "janus_pro_7b" if on_gpu else "mid"
+  if args.dtype == "auto":
+    args.dtype = "bfloat16" if on_gpu else "float32"
+  args.images = args.images or (16 if on_gpu else 4)
+
+  import torch  # noqa: PLC0415
+  device = "cuda" if on_gpu else "cpu"
+  if args.threads and not on_gpu:
+    torch.set_num_threads(args.threads)
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
+  config = bench_config(args.config)
+  grid = int(round(args.tokens ** 0.5))
+  model = janus.Model(config, dtype, dtype)
+  t0 = time.perf_counter()
+  params = init_generation_params(model, args.tokens)
+  params = jax.tree.map(lambda x: x.astype(dtype), params)
+  print(f"config={args.config} dtype={args.dtype} images={args.images} tokens={args.tokens} "
+        f"backend={jax.default_backend()} torch_threads={torch.get_num_threads()} "
+        f"init={time.perf_counter() - t0:.1f}s", flush=True)
+  prompt = [1] + list(range(10, 10 + 14)) + [5]  # BOS, 14 text tokens, <begin_of_image>
+  n, p = args.images, args.tokens
+  reference = torch_reference(config, params, dtype, device)
+
+  # Correctness first: both pick the same greedy codes.
+  if args.check_tokens:
+    ref_codes = reference([prompt], n, 5.0, args.check_tokens, greedy=True).cpu().numpy()
+    jax_codes, _ = image_ar.sample_codes(
+        model, params, *_rows(prompt, n), jax.random.key(0), jnp.float32(5.0),
+        sampler=samplers.Greedy(), num_tokens=args.check_tokens)
+    same = int((np.asarray(jax_codes) == ref_codes).all(axis=0).sum())
+    print(f"greedy check: {same}/{args.check_tokens} steps pick identical codes", flush=True)
+
+  # JAX: compile once, then time.
+  sampler = samplers.Sampling()
+  rows = _rows(prompt, n)
+
+  def jax_codes(seed=0):
+    codes, _ = image_ar.sample_codes(model, params, *rows, jax.random.key(seed),
+                                     jnp.float32(5.0), sampler=sampler, num_tokens=p)
+    return codes.block_until_ready()
+
+  def jax_images():
+    return image_ar.decode_images(model, params, jax_codes()).block_until_ready()
+
+  t0 = time.perf_counter()
+  jax_images()
+  compile_s = time.perf_counter() - t0
+  reference([prompt], n, 5.0, 2)  # warm-up
+  decode = torch_vq_decoder(config, grid, dtype, device)
+  sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+
+  def ref_codes():
+    c = reference([prompt], n, 5.0, p)
+    sync()
+    return c
+
+  # Interleaved, best of `repeats` each: load from other processes hits both sides alike.
+  times = {k: [] for k in ("jax_tok", "jax_e2e", "ref_tok", "ref_e2e")}
+  for _ in range(args.repeats):
+    times["jax_tok"].append(timed(jax_codes, 1))
+    times["ref_tok"].append(timed(ref_codes, 1))
+    times["jax_e2e"].append(timed(jax_images, 1))
+    times["ref_e2e"].append(timed(lambda: decode(ref_codes()), 1))
+  jax_tok_s, jax_e2e_s, ref_tok_s, ref_e2e_s = (
+      min(times[k]) for k in ("jax_tok", "jax_e2e", "ref_tok", "ref_e2e"))
+
+  def line(name, tok_s, e2e_s):
+    print(f"{name:<28} tokens: {tok_s:7.2f}s {n * p / tok_s:9.1f} image-tok/s   "
+          f"end-to-end: {e2e_s:7.2f}s {n / e2e_s:7.3f} images/s", flush=True)
+
+  print(f"jax compile (first call, codes + decode): {compile_s:.1f}s")
+  line("jax (fori_loop, jit)", jax_tok_s, jax_e2e_s)
+  line("reference loop (torch)", ref_tok_s, ref_e2e_s)
+  if args.hf:
+    hf_s = time_hf_generate(config, grid, n, p, dtype, device, prompt)
+    print(f"{'transformers Janus generate':<28} tokens+decode: {hf_s:7.2f}s "
+          f"{n / hf_s:7.3f} images/s   (jax end-to-end speedup {hf_s / jax_e2e_s:.2f}x)")
+  print(f"end_to_end_speedup={ref_e2e_s / jax_e2e_s:.2f}")
+  print(f"speedup_vs_reference={ref_tok_s / jax_tok_s:.2f}")
+
+
+def _rows(prompt, n):
+  b = image_ar.prompt_batch([prompt], n, PAD)
+  return b.tokens, b.mask, b.positions
+
+
+def time_hf_generate(config, grid, n, p, dtype, device, prompt):
+  """transformers `JanusForConditionalGeneration.generate(generation_mode="image")`, same sizes."""
+  import torch  # noqa: PLC0415
+  from transformers.models.janus import configuration_janus as cj  # noqa: PLC0415
+  from transformers.models.janus import modeling_janus  # noqa: PLC0415
+  v, c = config.vq, config.llm
+  hf = cj.JanusConfig(
+      text_config={**{k: v for k, v in c.to_hf().items() if k != "model_type"}, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2},
+      vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         intermediate_size=128, image_size=32, patch_size=8,
+                         projection_dim=c.hidden_size, num_image_tokens=p),
+      vq_config=dict(embed_dim=v.codebook_dim, num_embeddings=v.codebook_size,
+                     latent_channels=v.z_channels, base_channels=v.base_channels,
+                     channel_multiplier=list(v.ch_mult), num_res_blocks=v.num_res_blocks,
+                     num_patches=grid, projection_dim=c.hidden_size,
+                     image_token_embed_dim=c.hidden_size),
+      image_token_id=4)
+  tdtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
+  with torch.device(device), _default_dtype(torch, tdtype):
+    m = modeling_janus.JanusForConditionalGeneration(hf).eval()
+  ids = torch.tensor([prompt], device=device)
+  kw = dict(generation_mode="image", do_sample=True, guidance_scale=5.0, max_new_tokens=p,
+            pad_token_id=PAD, generation_kwargs={"boi_token_id": prompt[-1]},
+            num_return_sequences=n)
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  @torch.inference_mode()
+  def run():
+    out = m.generate(ids, attention_mask=torch.ones_like(ids), **kw)
+    m.decode_image_tokens(out)
+    sync()
+
+  return timed(run, 1)
+
+
+if __name__ == "__main__":
+  main()
