@@ -51,9 +51,19 @@ class UsageError(ValueError):
   """Bad command-line input; main() prints it as `error: ...` and exits with status 1."""
 
 
+# The no-argument demo: prompts of the shapes world's caption grammar for the shipped checkpoint.
+DEMO_PROMPTS = (
+    "a red circle",
+    "a blue square on the left of a yellow triangle",
+    "two green diamonds",
+    "a large purple circle in the top left and a small cyan square in the bottom right",
+)
+
+
 def default_checkpoint():
-  """The checkpoint embedded in this build, if any (none yet: see issue 7)."""
-  return None
+  """The shapes-world demo checkpoint shipped in assets/shapes_demo (issue 7), if present."""
+  path = pathlib.Path(__file__).resolve().parent / "assets" / "shapes_demo"
+  return str(path) if (path / "config.json").is_file() else None
 
 
 # --------------------------------------------------------------------------- loading
@@ -329,6 +339,8 @@ class Request:
 def run(cfg, req: Request) -> int:
   """Loads the checkpoint and serves the request; bad input raises (see `main`)."""
   prompts, convs = read_prompts(req), read_conversations(req)
+  if not prompts and not convs and not cfg.checkpoint and default_checkpoint():
+    prompts = list(DEMO_PROMPTS)  # `python sample.py` alone: draw the demo prompts
   if not prompts and not convs:
     raise UsageError("nothing to do: give --prompt/--prompts_file (text-to-image) or "
                      "--image with --question / --chat_file (chat)")
@@ -344,6 +356,8 @@ def run(cfg, req: Request) -> int:
   start = time.time()
   name, model, params, meta = load_model(path, cfg, mesh, rules_)
   tok = load_tokenizer(path, cfg, meta)
+  if meta.get("image_size"):  # a checkpoint trained at one size (the demo's 64 px) says so
+    cfg.t2i.image_size = int(meta["image_size"])
   if tok.vocab_size > model.config.llm.vocab_size:
     raise UsageError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "
                      f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")

@@ -42,7 +42,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- VQ tokenizer training ---
   c.vq = ml_collections.ConfigDict(dict(
-      steps=3 if smoke else 600, batch_size=4 if smoke else 16, lr=2e-3, warmup=50))
+      steps=3 if smoke else 800, batch_size=4 if smoke else 16, lr=2e-3, warmup=50))
 
   # --- the three Janus stages (every module trains except the VQ, trained above) ---
   # Ratios are und : text : gen examples (no pure-text corpus in this world).
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 stage("stage3", 2, (5.0, 0.0, 4.0), 5e-4, 1)]
   else:
     c.stages = [stage("stage1", 150, (1.0, 0.0, 1.0), 1e-3, 50),
-                stage("stage2", 1200, (2.0, 0.0, 3.0), 1e-3, 50),
+                stage("stage2", 1200, (2.0, 0.0, 3.0), 1.5e-3, 50),
                 stage("stage3", 450, (5.0, 0.0, 4.0), 3e-4, 20)]
   c.batch_size = 4 if smoke else 12  # packed rows per step
   c.seq_len = 256

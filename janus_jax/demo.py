@@ -182,7 +182,7 @@ def stage_config(c, stage) -> ml_collections.ConfigDict:
 
 def make_batches(c, stage, tok, model_cfg: janus.Config, und: UndSource, gen: GenSource,
                  seed: int) -> pipeline.Iterator:
-  ex = examples.Config(family=c.family, seq_len=c.seq_len, max_images_per_row=4,
+  ex = examples.Config(family=c.family, seq_len=c.seq_len, max_images_per_row=1,
                        image_tokens=model_cfg.image_tokens, image_size=c.image_size,
                        caption_dropout=c.caption_dropout)
   cfg = pipeline.Config(example=ex, ratios=tuple(stage.ratios), batch_size=c.batch_size,
@@ -233,7 +233,7 @@ def export(out_dir: pathlib.Path, cfg: janus.Config, params, tokenizer_dir: path
   if out_dir.exists():
     shutil.rmtree(out_dir)
   out_dir.mkdir(parents=True)
-  host = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(np_dtype), params)
+  host = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(np_dtype), nn.unbox(params))
   ocp.Checkpointer(ocp.StandardCheckpointHandler()).save(
       (out_dir / "params" / "chunk_000").absolute(), args=ocp.args.StandardSave(host))
   # "source" names how it was made; sample.py reads "pro" in it as the Janus-Pro chat template.
@@ -307,7 +307,8 @@ def run(c, out: pathlib.Path) -> dict:
   t = time.time()
   ckpt = out / "checkpoint"
   size = export(ckpt, cfg, params, tok_dir, c.export_dtype,
-                {"recipe": "python -m janus_jax.demo", "vq_psnr_test": summary["vq_psnr_test"]})
+                {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
+                 "vq_psnr_test": summary["vq_psnr_test"]})
   summary["checkpoint_bytes"] = size
   log(f"exported {ckpt} ({size / 2**20:.1f} MiB, {n_params / 1e6:.2f}M parameters)")
   done("export", t)

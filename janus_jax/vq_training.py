@@ -14,6 +14,7 @@ flat background, where MSE alone already reconstructs sharp edges). Images arriv
 import time
 from typing import Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,8 @@ def to_uint8(pixels) -> np.ndarray:
 def init(config: vq.Config, image_size: int, seed: int = 0) -> dict:
   model = vq.Model(config)
   x = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
-  return model.init(jax.random.key(seed), x, method=vq.Model.init_all)["params"]
+  # Unboxed: the logical-axis metadata would otherwise be saved as {"value": ...} dicts.
+  return nn.unbox(model.init(jax.random.key(seed), x, method=vq.Model.init_all)["params"])
 
 
 def make_step(config: vq.Config, tx: optax.GradientTransformation) -> Callable:
@@ -66,7 +68,8 @@ def train(config: vq.Config, images: np.ndarray, *, steps: int, batch_size: int 
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   params = params if params is not None else init(config, images.shape[1], seed)
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, max(1, min(warmup, steps // 2)), steps,
+  warm = max(1, min(warmup, steps // 2))
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1),
                                              end_value=0.1 * lr)
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.95,
                                                                weight_decay=0.0))

@@ -23,8 +23,9 @@ from janus_jax.sampling import text as text_sampling
 
 
 def default_checkpoint() -> str | None:
-  """The checkpoint shipped with the repo; None until the demo model is trained (issue 7)."""
-  return None
+  """The demo checkpoint shipped in assets/shapes_demo (issue 7); None if it is absent."""
+  path = pathlib.Path(__file__).resolve().parents[2] / "assets" / "shapes_demo"
+  return str(path) if (path / "config.json").is_file() else None
 
 
 class ModelAdapter:

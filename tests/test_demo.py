@@ -1,0 +1,138 @@
+"""The embedded demo (issue 7): the recipe's smoke run, and sample.py on the shipped checkpoint."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import sample
+from configs import sample as sample_config
+from janus_jax import demo
+from janus_jax import vq_training
+from janus_jax.convert import driver
+from janus_jax.data import preprocess
+from janus_jax.data.shapes import world
+from janus_jax.eval import model_adapter
+from janus_jax.models import janus
+from janus_jax.models import vq
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+ASSET = REPO / "assets" / "shapes_demo"
+
+
+def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
+  """Every step of `python -m janus_jax.demo` for a few steps on the tiny world."""
+  c = demo.load_config(str(REPO / "configs" / "demo_shapes.py") + ":smoke",
+                       ["vq.steps=2", "stages.0.steps=2", "stages.1.steps=2",
+                        "stages.2.steps=2"])
+  summary = demo.run(c, tmp_path / "run")
+  ckpt = tmp_path / "run" / "checkpoint"
+  assert np.isfinite(summary["vq_psnr_test"]) and np.isfinite(summary["final_metrics"]["loss"])
+  assert summary["final_metrics"]["tokens_und"] > 0 and summary["final_metrics"]["tokens_gen"] > 0
+  meta = json.loads((ckpt / "config.json").read_text())
+  assert meta["family"] == "janus" and meta["image_size"] == 64
+  config, params = driver.load_converted(ckpt)
+  assert isinstance(config, janus.Config)
+  assert config.image_tokens == 64 and config.vq.downsample_factor == 8
+  assert set(params) == {"vision_model", "aligner", "gen_vision_model", "gen_aligner", "gen_head",
+                         "gen_embed", "language_model"}
+  assert (ckpt / "tokenizer.json").is_file()
+  # The exported folder drives the real samplers through the ShapesEval adapter.
+  adapter = model_adapter.load(str(ckpt), image_size=64, temperature=0)
+  images = adapter.generate_images(["a red circle"])
+  assert images.shape == (1, 64, 64, 3) and images.dtype == np.uint8
+  answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
+                           ["how many shapes are there?"])
+  assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_config_overrides_are_checked():
+  with pytest.raises(KeyError):
+    demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["vq.no_such_field=1"])
+  with pytest.raises(ValueError, match="field=value"):
+    demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["vq.steps"])
+  c = demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["stages.1.steps=7"])
+  assert c.stages[1].steps == 7
+
+
+def test_vq_training_reduces_the_reconstruction_error():
+  cfg = vq.Config(codebook_size=32, codebook_dim=4, z_channels=8, base_channels=8,
+                  ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+  images = world.render_batch(list(world.split_scenes("train", 8)), 32)
+  before = vq_training.psnr(cfg, vq_training.init(cfg, 32), images)
+  params = vq_training.train(cfg, images, steps=30, batch_size=8, lr=3e-3, warmup=2,
+                             log=lambda m: None)
+  assert vq_training.psnr(cfg, params, images) > before + 3.0
+  codes = vq_training.encode(cfg, params, images)
+  assert codes.shape == (8, 16 * 16) and codes.dtype == np.int32 and codes.max() < 32
+
+
+# --------------------------------------------------------------------------- shipped checkpoint
+
+
+def test_shipped_checkpoint_is_the_default_and_small():
+  assert sample.default_checkpoint() == str(ASSET)
+  assert model_adapter.default_checkpoint() == str(ASSET)
+  size = sum(p.stat().st_size for p in ASSET.rglob("*") if p.is_file())
+  assert size <= 25 * 2**20, f"{ASSET} is {size / 2**20:.1f} MiB > 25 MiB"
+  meta = json.loads((ASSET / "config.json").read_text())
+  assert meta["image_size"] == 64 and (ASSET / "tokenizer.json").is_file()
+
+
+def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
+  out = tmp_path / "samples"
+  r = subprocess.run([sys.executable, "sample.py", f"--out={out}"], cwd=REPO,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-2000:]
+  n = len(sample.DEMO_PROMPTS) * sample_config.get_config().t2i.num_images
+  assert f"wrote {n} images" in r.stdout
+  grid = np.asarray(Image.open(out / "grid.png").convert("RGB")).astype(np.float32)
+  per = sample_config.get_config().t2i.num_images
+  assert grid.shape == (len(sample.DEMO_PROMPTS) * 64, per * 64, 3)
+  assert grid.std() > 10.0, "the grid is (nearly) constant"
+  # Not just background: coloured (high-chroma) shape pixels in every image.
+  for tile in grid.reshape(len(sample.DEMO_PROMPTS), 64, per, 64, 3).transpose(0, 2, 1, 3, 4
+                                                                              ).reshape(-1, 64, 64, 3):
+    chroma = tile.max(-1) - tile.min(-1)
+    assert (chroma > 80).mean() > 0.01
+
+
+def _demo_config(tmp_path, **chat):
+  cfg = sample_config.get_config()
+  cfg.out = str(tmp_path / "out")
+  cfg.t2i.num_images = 1
+  cfg.chat.max_new_tokens = 4
+  cfg.chat.update(chat)
+  return cfg
+
+
+def test_unknown_words_still_draw_and_questions_get_answers(tmp_path, capsys):
+  cfg = _demo_config(tmp_path)
+  # "zorblax" and the emoji are outside the world's vocabulary: byte-level BPE still encodes them.
+  assert sample.run(cfg, sample.Request(prompts=["a zorblax red circle \N{GRINNING FACE}"])) == 0
+  assert Image.open(tmp_path / "out" / "000_00.png").size == (64, 64)
+  scene = world.Scene((world.Object("red", "circle", "large", 1, 1),))
+  path = tmp_path / "scene.png"
+  Image.fromarray(world.render(scene)).save(path)
+  capsys.readouterr()
+  assert sample.run(cfg, sample.Request(images=[str(path)],
+                                        question="how many shapes are there?")) == 0
+  answer = capsys.readouterr().out.strip().splitlines()[-1]
+  assert answer.strip(), "empty answer"
+
+
+def test_missing_image_and_directory_are_clear_errors(tmp_path):
+  cfg = _demo_config(tmp_path)
+  missing = tmp_path / "no_such.png"
+  with pytest.raises(preprocess.BadImageError, match=f"{missing}.*No such file"):
+    sample.run(cfg, sample.Request(images=[str(missing)], question="what colour is it?"))
+  with pytest.raises(preprocess.BadImageError, match=f"{tmp_path}.*[Ii]s a directory"):
+    sample.run(cfg, sample.Request(images=[str(tmp_path)], question="what colour is it?"))
+  for bad in (missing, tmp_path):
+    r = subprocess.run([sys.executable, "sample.py", f"--image={bad}", "--question=what?"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and str(bad) in r.stderr and "Traceback" not in r.stderr
