@@ -116,7 +116,8 @@ REMAT_POLICIES = {
 class Cache:
   """Fixed-capacity KV cache for all layers.
 
-  k, v: (L, B, S, K, H). valid: (B, S) bool, slot holds a real (unmasked) token.
+  k, v: (L, B, K, S, H) (slots next to head dim: decoding reads them in place).
+  valid: (B, S) bool, slot holds a real (unmasked) token.
   index: int32 scalar, the next slot to write (shared by all rows).
   """
 
@@ -127,12 +128,12 @@ class Cache:
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return self.k.shape[3]
 
 
 def init_cache(config: Config, batch: int, capacity: int, dtype: Dtype = jnp.float32) -> Cache:
   """An empty cache of `capacity` slots for `batch` rows."""
-  shape = (config.num_layers, batch, capacity, config.num_kv_heads, config.head_dim)
+  shape = (config.num_layers, batch, config.num_kv_heads, capacity, config.head_dim)
   return Cache(
       k=jnp.zeros(shape, dtype),
       v=jnp.zeros(shape, dtype),
@@ -196,11 +197,19 @@ class Attention(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, positions, mask, kv=None, index=None):
-    """x: (B, T, D); positions: (B, T); mask: (B, T, S) bool.
+  def __call__(self, x, positions, mask, kv=None):
+    """Attention of T new tokens over themselves and, when decoding, a cache of S slots.
 
-    kv: None, or this layer's cache (k, v) each (B, S, K, H); new keys/values are written at
-    slots [index, index + T). Returns (out (B, T, D), new kv or None).
+    Args:
+      x: (B, T, D). positions: (B, T).
+      mask: without a cache, (B, T, T) bool. With one, a pair ((B, T, S) over the cached
+        slots, (B, T, T) among the new tokens).
+      kv: None, or this layer's cached (k, v), each (B, K, S, H). The cache is read in place
+        and never rewritten here: the new keys/values are returned, and the decoder writes all
+        layers' at once after the layer scan (a per-layer full-cache update would copy the
+        whole cache every step).
+    Returns:
+      (out (B, T, D), (new k, new v) each (B, K, T, H) or None).
     """
     c = self.config
     d, n, k_, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -218,24 +227,30 @@ class Attention(nn.Module):
     q = rope(q, positions, c.rope_theta)
     k = rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
+    q = q.reshape(q.shape[:2] + (k_, n // k_, h))  # (B, T, K, G, H)
 
-    new_kv = None
-    if kv is not None:
+    def masked(logits, m):
+      return jnp.where(m[:, None, None], logits * (h ** -0.5), _MASK_VALUE)
+
+    # New tokens (letters T for queries, U for keys); one softmax spans cached and new keys.
+    new = jnp.einsum("BTKGH,BUKH->BKGTU", q, k, preferred_element_type=jnp.float32)
+    if kv is None:
+      probs = jax.nn.softmax(masked(new, mask), axis=-1).astype(self.dtype)
+      out = jnp.einsum("BKGTU,BUKH->BTKGH", probs, v)
+      new_kv = None
+    else:
       ck, cv = kv
-      ck = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
-      cv = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
-      new_kv = (ck, cv)
-      k, v = ck.astype(self.dtype), cv.astype(self.dtype)
-
-    g = n // k_
-    q = q.reshape(q.shape[:2] + (k_, g, h))
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (h ** -0.5)
-    logits = jnp.where(mask[:, None, None], logits, _MASK_VALUE)
-    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(q.shape[:2] + (n, h))
-    out = jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype))
-    return out, new_kv
+      cached_mask, new_mask = mask
+      old = jnp.einsum("BTKGH,BKSH->BKGTS", q, ck.astype(self.dtype),
+                       preferred_element_type=jnp.float32)
+      s = ck.shape[2]
+      logits = jnp.concatenate([masked(old, cached_mask), masked(new, new_mask)], axis=-1)
+      probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+      out = (jnp.einsum("BKGTS,BKSH->BTKGH", probs[..., :s], cv.astype(self.dtype))
+             + jnp.einsum("BKGTU,BUKH->BTKGH", probs[..., s:], v))
+      new_kv = (k.transpose(0, 2, 1, 3).astype(ck.dtype), v.transpose(0, 2, 1, 3).astype(cv.dtype))
+    out = out.reshape(out.shape[:2] + (n, h))
+    return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_kv
 
 
 class Mlp(nn.Module):
@@ -263,14 +278,14 @@ class Block(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, carry, xs, positions, mask, index, tap_layer):
+  def __call__(self, carry, xs, positions, mask, tap_layer):
     x, tap = carry
     kv, layer_idx = xs
     c = self.config
     norm = functools.partial(layers.RMSNorm, eps=c.rms_norm_eps, axis_name="embed",
                              dtype=self.dtype, param_dtype=self.param_dtype)
     h, new_kv = Attention(c, self.dtype, self.param_dtype, name="self_attn")(
-        norm(name="input_layernorm")(x), positions, mask, kv, index)
+        norm(name="input_layernorm")(x), positions, mask, kv)
     x = x + h
     x = x + Mlp(c, self.dtype, self.param_dtype, name="mlp")(
         norm(name="post_attention_layernorm")(x))
@@ -296,12 +311,12 @@ class Decoder(nn.Module):
     block = Block
     policy = REMAT_POLICIES[c.remat_policy]
     if c.remat_policy != "none":
-      block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(6,))
+      block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(5,))
     self.layers = nn.scan(
         block,
         variable_axes={"params": 0},
         split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=c.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(c, self.dtype, self.param_dtype)
@@ -332,22 +347,30 @@ class Decoder(nn.Module):
     if cache is None:
       slots = jnp.arange(t)
       mask = attention_mask(slots, slots, valid, segment_ids, segment_ids)
-      kv, index = None, None
+      kv = None
     else:
       if segment_ids is not None:
         raise ValueError("segment_ids are for packed training sequences, not cached decoding")
       index = cache.index
       kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, index, axis=1)
-      mask = attention_mask(index + jnp.arange(t), jnp.arange(cache.capacity), kv_valid)
+      # Every new token sees all valid slots written before `index`, and the new tokens
+      # causally among themselves.
+      written = cache.valid & (jnp.arange(cache.capacity) < index)[None]
+      slots = jnp.arange(t)
+      mask = (jnp.broadcast_to(written[:, None, :], (b, t, cache.capacity)),
+              attention_mask(slots, slots, valid))
       kv = (cache.k, cache.v)
     x = nn.with_logical_constraint(embeds.astype(self.dtype), ("act_batch", "act_len", "act_emb"))
     tap = None if tap_layer is None else jnp.zeros_like(x)
     layer_ids = jnp.arange(self.config.num_layers)
-    (x, tap), new_kv = self.layers((x, tap), (kv, layer_ids), positions, mask, index,
+    (x, tap), new_kv = self.layers((x, tap), (kv, layer_ids), positions, mask,
                                    tap_layer if tap_layer is not None else -1)
     new_cache = None
     if cache is not None:
-      new_cache = Cache(k=new_kv[0], v=new_kv[1], valid=kv_valid, index=index + t)
+      new_cache = Cache(
+          k=jax.lax.dynamic_update_slice_in_dim(cache.k, new_kv[0], index, axis=3),
+          v=jax.lax.dynamic_update_slice_in_dim(cache.v, new_kv[1], index, axis=3),
+          valid=kv_valid, index=index + t)
     return Output(hidden=self.norm(x), cache=new_cache, tap=tap)
 
 
