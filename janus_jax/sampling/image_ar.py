@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from janus_jax import sharding
+from janus_jax.models import janus
 from janus_jax.models import llama
 from janus_jax.sampling import samplers
 
@@ -43,6 +44,15 @@ class PromptBatch:
   mask: np.ndarray
   positions: np.ndarray
   guided: bool
+
+
+def check_model(model) -> None:
+  """Raises a clear error unless `model` is a Janus / Janus-Pro model (VQ-token generation)."""
+  cfg = getattr(model, "config", None)
+  if not isinstance(cfg, janus.Config):
+    raise TypeError(f"autoregressive image generation needs a janus.Model; got "
+                    f"{type(model).__name__} with config {type(cfg).__name__} (JanusFlow "
+                    "checkpoints generate with janus_jax.sampling.image_flow)")
 
 
 def check_prompts(prompt_ids, max_len: int | None = None) -> None:
@@ -213,6 +223,7 @@ def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: floa
   Returns:
     `Result` with codes (B_p * num_images, P) and uint8 images (B_p * num_images, H, W, 3).
   """
+  check_model(model)
   num_tokens = num_tokens or image_tokens(model)
   context = model.config.llm.max_position_embeddings
   if num_tokens >= context:

@@ -94,3 +94,13 @@ def test_bad_prompts_are_refused(janus_fixture):
     image_ar.generate(model, params, [[1] * context], **kw)
   with pytest.raises(ValueError, match="num_images"):
     image_ar.generate(model, params, [[1, 5]], num_images=0, **kw)
+
+
+def test_janusflow_model_is_refused():
+  from janus_jax.models import janusflow  # noqa: PLC0415
+
+  class FakeFlow:  # only the config's type matters to the check, nothing is run
+    config = object.__new__(janusflow.Config)
+
+  with pytest.raises(TypeError, match="JanusFlow checkpoints generate with .*image_flow"):
+    image_ar.generate(FakeFlow(), {}, [[1, 5]], rng=jax.random.key(0), pad_id=PAD)
