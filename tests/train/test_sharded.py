@@ -25,11 +25,17 @@ def _run(config, devices, steps=2):
   return s, params0, jax.device_get(state.params), state.opt_state, losses
 
 
+# Adam's update g / (|g| + eps) turns float32 reduction-order noise in a near-zero gradient into
+# an O(lr) difference; a larger eps keeps the update Lipschitz in the gradient, so the comparison
+# measures the sharded computation rather than that amplification.
+STABLE = {"data.batch_size": 8, "optim.eps": 1e-3, "optim.warmup_steps": 0}
+
+
 @pytest.fixture(scope="module")
 def janus_runs():
-  config = helpers.tiny_config("janus", mesh=(2, 2, 2), **{"data.batch_size": 8})
+  config = helpers.tiny_config("janus", mesh=(2, 2, 2), **STABLE)
   sharded = _run(config, jax.devices())
-  config1 = helpers.tiny_config("janus", mesh=(1, 1, 1), **{"data.batch_size": 8})
+  config1 = helpers.tiny_config("janus", mesh=(1, 1, 1), **STABLE)
   single = _run(config1, jax.devices()[:1])
   return sharded, single
 
@@ -41,10 +47,8 @@ def test_sharded_equals_single_device(janus_runs):
   flat0 = jax.tree_util.tree_leaves_with_path(p0_8)
   for (path, a), b in zip(flat0, jax.tree_util.tree_leaves(p0_1)):
     np.testing.assert_array_equal(a, b, err_msg=f"init differs at {optim.path_str(path)}")
-  # Adam divides by sqrt(v) + eps: where a gradient is ~eps (1e-8), float32 reduction-order noise
-  # becomes relative noise in the update, so differences are bounded by a fraction of lr (1e-3).
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(p8), jax.tree_util.tree_leaves(p1)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5,
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6,
                                err_msg=f"updated params differ at {optim.path_str(path)}")
   assert l1[1] < l1[0]
 
@@ -67,10 +71,10 @@ def test_frozen_params_identical_and_stateless(janus_runs):
 
 
 def test_grad_accumulation_equals_big_batch():
-  base = {"data.batch_size": 8, "data.kinds": ("text", "text")}
+  base = {**STABLE, "data.kinds": ("text", "text")}
   one = _run(helpers.tiny_config("llm", mesh=(1, 1, 1), **base), jax.devices()[:1], steps=1)
   acc = _run(helpers.tiny_config("llm", mesh=(1, 1, 1), **base, **{"optim.grad_accum_steps": 4}),
              jax.devices()[:1], steps=1)
   np.testing.assert_allclose(one[4], acc[4], rtol=1e-5)
   for a, b in zip(jax.tree_util.tree_leaves(one[2]), jax.tree_util.tree_leaves(acc[2])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
