@@ -166,7 +166,11 @@ def abstract_with_shardings(abstract_tree, shardings):
 
 
 def load_params(path, shardings=None):
-  """Parameters written by `convert_torch.py` (delegates to `janus_jax.convert.driver`)."""
+  """Parameters written by `convert_torch.py`, placed per `shardings` (a nested dict, or None).
+
+  Returns:
+    (model config, params nested dict) as `janus_jax.convert.driver.load_converted` does.
+  """
   from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
   return driver.load_converted(path, shardings=shardings)
 
@@ -184,7 +188,7 @@ def load_converted_params(path, params_abstract, shardings):
     (loaded: dict of top-level keys found, to be merged into the freshly initialised params).
   """
   model_keys = [k for k in params_abstract if k != "repa_projector"]
-  loaded = load_params(path, shardings={k: shardings[k] for k in model_keys})
+  _, loaded = load_params(path, shardings={k: shardings[k] for k in model_keys})
   problems = []
   flat_want = {optim.path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(
       {k: params_abstract[k] for k in model_keys})[0]}
