@@ -194,13 +194,18 @@ def run_t2i(name, model, params, tok, template, cfg, mesh, rules_, prompts) -> n
     vae_dir = pathlib.Path(t.vae) if t.vae else pathlib.Path(cfg.checkpoint) / "vae"
     vae_cfg, vae_params = vae_convert.load(vae_dir, latent_channels=model.config.latent_channels)
     vae_model = vae_convert.build_model(vae_cfg, model.dtype, model.dtype)
+    if t.image_size % vae_cfg.downsample_factor:
+      raise UsageError(f"--config.t2i.image_size={t.image_size} is not a multiple of the VAE's "
+                       f"downsampling {vae_cfg.downsample_factor}")
+    latent_size = t.image_size // vae_cfg.downsample_factor
     rows = [p for p in ids for _ in range(t.num_images)]
     for b, (chunk, real) in enumerate(tqdm.tqdm(list(_chunks(rows, t.batch_prompts)),
                                                 desc="batches", unit="batch")):
       with sharding.activate(mesh, rules_):
         imgs = image_flow.generate(model, params, vae_model, vae_params, chunk,
                                    pad_id=tok.special.pad, cfg_weight=t.flow_cfg_weight,
-                                   steps=t.flow_steps, seed=cfg.seed + b)
+                                   steps=t.flow_steps, seed=cfg.seed + b,
+                                   latent_size=latent_size)
       images.append(np.asarray(imgs)[:real])
     return np.concatenate(images)
   sampler = samplers.make(t.temperature, t.top_k, t.top_p)

@@ -154,3 +154,20 @@ def test_wrong_family_and_not_a_checkpoint(ckpt, tmp_path):
     sample.run(config(tmp_path, tmp_path), sample.Request(prompts=["a cat"]))
   with pytest.raises(sample.UsageError, match="does not exist"):
     sample.run(config(tmp_path / "nope", tmp_path), sample.Request(prompts=["a cat"]))
+
+
+def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path):
+  fx = fixtures.load(fixtures_dir / "janusflow_tiny")
+  ckpt = tmp_path / "janusflow_tiny"
+  driver.convert(fx.root, ckpt, extra=fx.extra, progress=False, log=lambda *a: None)
+  shutil.copytree(fx.root / "vae", ckpt / "vae")  # the diffusers folder, read as is
+  (ckpt / "tokenizer.json").write_text(synthetic.tokenizer_json())
+  cfg = sample_config.get_config()
+  cfg.checkpoint, cfg.out = str(ckpt), str(tmp_path / "out")
+  cfg.t2i.update(image_size=64, num_images=2, flow_steps=2)  # tiny VAE: 8x8 latent
+  sample.run(cfg, sample.Request(prompts=["a red cat"]))
+  img = np.asarray(Image.open(tmp_path / "out" / "000_01.png"))
+  assert img.shape == (64, 64, 3) and img.std() > 0
+  cfg.t2i.image_size = 60
+  with pytest.raises(sample.UsageError, match="not a multiple of the VAE's downsampling 8"):
+    sample.run(cfg, sample.Request(prompts=["a red cat"]))

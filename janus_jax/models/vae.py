@@ -38,6 +38,11 @@ class Config:
   use_quant_conv: bool = True
   use_post_quant_conv: bool = True
 
+  @property
+  def downsample_factor(self) -> int:
+    """Pixels per latent cell along a side (8 for the SDXL VAE)."""
+    return 2 ** (len(self.block_out_channels) - 1)
+
   @classmethod
   def from_diffusers(cls, d: dict) -> "Config":
     """From a diffusers `AutoencoderKL` config.json dict; rejects features this port lacks."""
