@@ -15,6 +15,8 @@ metrics and clean preemption.
 
 import dataclasses
 import functools
+import importlib
+import json
 import logging
 
 from absl import app
@@ -48,43 +50,78 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # ----------------------------------------------------------------------------------------------
 
 
+def model_config(m, init_from: str = ""):
+  """The model's config dataclass and family for `config.model` (see `configs/train_common.py`).
+
+  Precedence: the converted checkpoint `init_from` (its config.json: the exact sizes its weights
+  have), then `m.config_json` (a converted checkpoint's config.json or a bare
+  `janus_jax.convert.driver.config_to_json` dict, e.g. a custom small model), then the named
+  `m.variant` of `m.family`. `m.remat_policy` applies in every case.
+  """
+  from janus_jax.models import llama  # pylint: disable=g-import-not-at-top
+  path = f"{init_from}/config.json" if init_from else m.get("config_json", "")
+  remat = m.get("remat_policy", "none")
+  if path:
+    cfg = _config_from_file(path)
+    family = getattr(cfg, "family", "llm") if not isinstance(cfg, llama.Config) else "llm"
+    if m.get("family") and m.family != family:
+      raise ValueError(f"config.model.family={m.family!r} but {path} holds a {family!r} model")
+  else:
+    family = m.family
+    if family == "llm":
+      cfg = llama.get_config(m.variant)
+    elif family in ("janus", "janusflow"):
+      module = importlib.import_module(f"janus_jax.models.{family}")
+      cfg = module.get_config(m.variant)
+    else:
+      raise ValueError(f"unknown config.model.family {family!r}; use llm, janus or janusflow")
+  if family == "llm":
+    return dataclasses.replace(cfg, remat_policy=remat), family
+  return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, remat_policy=remat)), family
+
+
+def _config_from_file(path: str):
+  from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
+  try:
+    with open(path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise ValueError(f"model config {path}: cannot read it as JSON: {e}") from e
+  d = meta.get("config", meta)  # a converted checkpoint's config.json wraps the config
+  if not isinstance(d, dict) or "class" not in d or "fields" not in d:
+    raise ValueError(f"model config {path}: expected a converted checkpoint's config.json or "
+                     "a janus_jax.convert.driver.config_to_json dict ({\"class\", \"fields\"})")
+  return driver.config_from_json(d)
+
+
 def build_model(config):
   """(module, family, init_fn(rng) -> boxed params) for config.model."""
   m = config.model
-  family = m.family
+  cfg, family = model_config(m, config.get("init_from", ""))
   kw = dict(dtype=DTYPES[m.get("dtype", "float32")],
             param_dtype=DTYPES[m.get("param_dtype", "float32")])
   if family == "llm":
     from janus_jax.models import llama  # pylint: disable=g-import-not-at-top
-    cfg = llama.get_config(m.variant, remat_policy=m.get("remat_policy", "none"))
     module = llama.Model(cfg, **kw)
     init = lambda rng: module.init(rng, jnp.zeros((1, 4), jnp.int32),  # noqa: E731
                                    method=llama.Model.init_all)["params"]
     return module, family, init
   if family == "janus":
     from janus_jax.models import janus  # pylint: disable=g-import-not-at-top
-    cfg = janus.get_config(m.variant)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(
-        cfg.llm, remat_policy=m.get("remat_policy", "none")))
     module = janus.Model(cfg, **kw)
     init = lambda rng: module.init(rng, *janus.init_inputs(cfg),  # noqa: E731
                                    method=janus.Model.init_all)["params"]
     return module, family, init
-  if family == "janusflow":
-    from janus_jax.models import janusflow  # pylint: disable=g-import-not-at-top
-    cfg = janusflow.get_config(m.variant)
-    cfg = dataclasses.replace(cfg, llm=dataclasses.replace(
-        cfg.llm, remat_policy=m.get("remat_policy", "none")))
-    module = janusflow.Model(cfg, **kw)
-    proj = train_steps.repa_projector(cfg, config, **kw)
+  from janus_jax.models import janusflow  # pylint: disable=g-import-not-at-top
+  module = janusflow.Model(cfg, **kw)
+  proj = train_steps.repa_projector(cfg, config, **kw)
 
-    def init(rng):
-      r1, r2 = jax.random.split(rng)
-      params = module.init(r1, *janusflow.init_inputs(cfg), method=janusflow.Model.init_all)
-      tap = jnp.zeros((1, 1, cfg.llm.hidden_size), kw["dtype"])
-      return {**params["params"], train_steps.REPA: proj.init(r2, tap)["params"]}
-    return module, family, init
-  raise ValueError(f"unknown config.model.family {family!r}; use llm, janus or janusflow")
+  def init(rng):
+    r1, r2 = jax.random.split(rng)
+    params = module.init(r1, *janusflow.init_inputs(cfg), method=janusflow.Model.init_all)
+    tap = jnp.zeros((1, 1, cfg.llm.hidden_size), kw["dtype"])
+    return {**params["params"], train_steps.REPA: proj.init(r2, tap)["params"]}
+  return module, family, init
 
 
 def llm_config(module):
@@ -120,33 +157,17 @@ def make_data(config, module):
   raise ValueError(f"unknown config.data.source {d.source!r}; use synthetic or pipeline")
 
 
-def _pipeline(config, model_config):
-  """The grain pipeline of `janus_jax.data` over TFDS datasets prepared under data.data_dir."""
-  from janus_jax.data import builders  # pylint: disable=g-import-not-at-top
-  from janus_jax.data import examples  # pylint: disable=g-import-not-at-top
+def _pipeline(config, model_cfg):
+  """The grain pipeline of `janus_jax.data` (`pipeline.make_train_iterator`) over `config.data`."""
   from janus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from janus_jax.data import tokenizer  # pylint: disable=g-import-not-at-top
-  d, family = config.data, model_config.family
-  und, text, gen = d.ratios
-  if family == "janusflow" and gen:
-    raise ValueError("the janus_jax.data pipeline yields VQ codes, not the VAE latents JanusFlow "
-                     "generation needs; set data.ratios gen=0 or data.source=synthetic")
-  read_codes = getattr(builders, "read_codes", None)
-  if gen and read_codes is None:
-    raise ValueError("generation data needs a VQ-codes dataset reader (janus_jax.data.builders."
-                     "read_codes), which this version lacks; set data.ratios gen=0")
-  readers = (builders.read_conversations if und else None, builders.read_text if text else None,
-             read_codes if gen else None)
-  names = (d.und, d.text, d.gen)
-  sources = [r(d.data_dir, name) if r else None for r, name in zip(readers, names)]
-  example = examples.Config(
-      family="janus_pro" if family == "janus" else family, seq_len=d.seq_len,
-      max_images_per_row=d.max_images_per_row, image_tokens=model_config.vision.num_patches,
-      image_size=model_config.vision.image_size, caption_dropout=d.caption_dropout)
-  cfg = pipeline.Config(example=example, ratios=tuple(d.ratios),
-                        batch_size=d.batch_size // jax.process_count(), seed=config.seed,
-                        worker_count=d.worker_count)
-  return pipeline.make(sources, tokenizer.load(d.tokenizer), cfg)
+  d = config.data.to_dict()
+  d.setdefault("seed", config.seed)
+  return pipeline.make_train_iterator(_Fields(d), model_cfg)
+
+
+class _Fields(dict):
+  """A dict read by attribute too (what `make_train_iterator` expects of `data`)."""
+  __getattr__ = dict.__getitem__
 
 
 # ----------------------------------------------------------------------------------------------

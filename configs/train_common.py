@@ -3,6 +3,23 @@
 Not a runnable config itself: `train_tiny.py`, `train_janus_pro.py` and `train_janusflow.py`
 start from `base()` and change what their recipe changes. Every field can be overridden on the
 command line (`--config.optim.lr=3e-4`).
+
+Which model trains (`train.model_config`), first match wins:
+  init_from            a `convert_torch.py` output directory: the model config AND the initial
+                       weights come from there (its config.json holds the exact sizes).
+  model.config_json    a JSON model config: a converted checkpoint's config.json, or
+                       `janus_jax.convert.driver.config_to_json(cfg)` of any janus / janusflow /
+                       llama Config (a custom small model); fresh random weights.
+  model.variant        a named size of model.family ("llm" | "janus" | "janusflow"), see
+                       `configs/models.py`.
+model.family, when set, must agree with the file's model; model.dtype / param_dtype /
+remat_policy apply in every case.
+
+Data (`data.source="pipeline"`, see `janus_jax.data.pipeline.make_train_iterator`): data.und and
+data.text name TFDS datasets prepared with `janus_jax.data.builders` under data.data_dir (or
+"<name>@<data_dir>"); data.gen is the output directory of `python -m
+janus_jax.data.tokenize_images` (relative to data.data_dir, or absolute); data.tokenizer is a
+checkpoint directory or tokenizer.json. A kind whose ratio is 0 is not read.
 """
 
 import ml_collections
@@ -18,6 +35,8 @@ def base(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.sharding_rules = sharding.DEFAULT_RULES
   c.init_from = ""  # a convert_torch.py output directory (stage 1 starts from released weights)
   c.model = model
+  if "config_json" not in c.model:
+    c.model.config_json = ""  # see the module docstring
 
   c.data = ml_collections.ConfigDict(dict(
       source="pipeline",  # or "synthetic" (random packed batches of the same format)

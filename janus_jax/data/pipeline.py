@@ -42,6 +42,7 @@ same pipeline continues with exactly the batches that would have followed.
 import collections
 import dataclasses
 import logging
+import os
 from typing import Any, Sequence
 
 from absl import flags
@@ -195,17 +196,17 @@ def make(sources: Sequence[Any], tok: tokenizer_lib.Tokenizer, cfg: Config,
   return Iterator(make_loader(sources, tok, cfg, shard_options), cfg, tok)
 
 
-def _spec_source(spec: str, kind: int):
+def _spec_source(spec: str, kind: int, default_dir: str = ""):
   """A dataset spec of `config.data` -> raw-record source (None for "")."""
   from janus_jax.data import builders  # pylint: disable=g-import-not-at-top
   from janus_jax.data import tokenize_images  # pylint: disable=g-import-not-at-top
   if not spec:
     return None
   if kind == mixture.GEN:
-    return tokenize_images.read(spec)
+    return tokenize_images.read(os.path.join(default_dir, spec))  # an absolute spec wins
   name, _, data_dir = spec.partition("@")
   read = builders.read_conversations if kind == mixture.UND else builders.read_text
-  return read(data_dir or None, name)
+  return read(data_dir or default_dir or None, name)
 
 
 def make_train_iterator(data, model_config) -> Iterator:
@@ -216,6 +217,8 @@ def make_train_iterator(data, model_config) -> Iterator:
     und / text / gen: dataset specs, "" for none: und and text are "<tfds name>@<data_dir>" of a
       prepared `builders.Conversations` / `builders.PlainText`; gen is a `tokenize_images` output
       directory (VQ codes for Janus, VAE latents for JanusFlow).
+    data_dir (optional): the TFDS data_dir of und / text specs without "@<data_dir>", and the
+      folder a relative gen directory is under.
     ratios (und, text, gen); batch_size (global rows, split evenly over JAX processes); seq_len;
     optional: family ("janus_pro"), max_images_per_row (4), max_flow_images_per_row (4),
       caption_dropout (0.1), seed (0), worker_count (0), max_bad_fraction (0.05), flow_pixels.
@@ -244,5 +247,7 @@ def make_train_iterator(data, model_config) -> Iterator:
                worker_count=get("worker_count", 0),
                max_bad_fraction=get("max_bad_fraction", 0.05))
   tok = tokenizer_lib.load(data.tokenizer)
-  sources = [_spec_source(get(k, ""), i) for i, k in enumerate(mixture.KIND_NAMES)]
+  # A kind with ratio 0 is not read at all (its spec may name a dataset that was never prepared).
+  sources = [_spec_source(get(k, ""), i, get("data_dir", "") or "") if cfg.ratios[i] else None
+             for i, k in enumerate(mixture.KIND_NAMES)]
   return make(sources, tok, cfg)
