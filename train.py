@@ -3,6 +3,12 @@ r"""Trains Janus / Janus-Pro / JanusFlow (or the bare LLM) on any mesh, resumabl
   python train.py --config configs/train_tiny.py:janus --workdir /tmp/janus_tiny
   python train.py --config configs/train_janus_pro.py:stage2 --workdir gs://... \
       --config.init_from=/ckpt/janus_pro_1b_converted --config.mesh='(1,-1,1)'
+  python train.py --config configs/train_tiny.py:janus --workdir /tmp/small \
+      --config.model.config_json=small.json --config.data.source=pipeline \
+      --config.data.data_dir=/data/tfds --config.data.gen=codes --config.data.tokenizer=tok/
+
+Which model (init_from, model.config_json or a named variant) and which data: see the docstring
+of configs/train_common.py.
 
 Multi-host: every process runs the same command; `jax.distributed.initialize` finds the cluster
 on TPU / SLURM / GKE, or takes --coordinator, --num_processes and --process_id explicitly (also

@@ -3,6 +3,12 @@ r"""Tiny training run on synthetic packed batches: tests, README and CPU benchma
   python train.py --config configs/train_tiny.py:janus --workdir /tmp/janus_tiny
   python train.py --config configs/train_tiny.py:llm --workdir /tmp/llm_tiny --config.total_steps=50
 
+On the real data path instead (TFDS datasets + `tokenize_images` codes under $DATA) and a custom
+model config (tests/train/test_train_cli.py does this on generated data):
+  python train.py --config configs/train_tiny.py:janus --workdir /tmp/janus_tiny \
+      --config.data.source=pipeline --config.data.data_dir=$DATA --config.data.gen=codes \
+      --config.data.tokenizer=$TOK --config.model.config_json=small_janus.json
+
 `arg` picks the family (janus | llm | janusflow); everything else is overridable, e.g.
 `--config.mesh='(2,2,2)'` with 8 devices or `--config.optim.grad_accum_steps=2`.
 """

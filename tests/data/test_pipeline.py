@@ -234,11 +234,11 @@ def test_make_train_iterator_from_prepared_datasets(tok, tmp_path):
   enc = tokenize_images.Encoder("codes", lambda px: np.zeros((len(px), P), np.int32), 16)
   captions = [{"image": synthetic.png_bytes(np.random.default_rng(i), 20, 20), "caption": "a cat"}
               for i in range(6)]
-  tokenize_images.run(captions, enc, str(tmp_path / "codes"), progress=False)
+  tokenize_images.run(captions, enc, str(tmp_path / "tfds" / "codes"), progress=False)
   data = ml_collections.ConfigDict(dict(
       tokenizer=str(tmp_path), und=f"conversations@{tmp_path / 'tfds'}",
-      text=f"plain_text@{tmp_path / 'tfds'}", gen=str(tmp_path / "codes"), ratios=(1, 1, 1),
-      batch_size=2, seq_len=256))
+      text=f"plain_text@{tmp_path / 'tfds'}", gen=str(tmp_path / "tfds" / "codes"),
+      ratios=(1, 1, 1), batch_size=2, seq_len=256))
 
   class Vision:
     image_size = S
@@ -250,3 +250,11 @@ def test_make_train_iterator_from_prepared_datasets(tok, tmp_path):
   b = next(it)
   assert b["input_ids"].shape == (2, 256) and set(np.unique(b["kinds"])) >= {0, 1}
   assert it.stats["bad"] == 0
+  # Names resolve against data_dir (train.py's config.data); a kind with ratio 0 is never read.
+  data.update(data_dir=str(tmp_path / "tfds"), und="conversations", text="never_prepared",
+              gen="codes", ratios=(1, 0, 1))
+  it = pipeline.make_train_iterator(data, Model)
+  assert set(np.unique([next(it)["kinds"] for _ in range(3)])) == {-1, 0, 2}
+  data.update(ratios=(1, 1, 1))
+  with pytest.raises(FileNotFoundError, match="never_prepared"):
+    pipeline.make_train_iterator(data, Model)
