@@ -325,6 +325,40 @@ def run(c, out: pathlib.Path) -> dict:
   return summary
 
 
+def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
+  """More Janus stages (`c.stages`) from an exported checkpoint `init` (e.g. `OUT/checkpoint` of
+  `run`), reusing its tokenizer and frozen VQ; exports to OUT/checkpoint and evaluates."""
+  from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
+  out.mkdir(parents=True, exist_ok=True)
+  t0 = time.time()
+  cfg, params = driver.load_converted(init)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
+  tok = tokenizer_lib.load(str(init))
+  world = load_world(out / "tfds", c.world.builder_config, {"train": c.world.num_train})
+  needs_codes = any(s.ratios[2] for s in c.stages)
+  codes = (vq_training.encode(cfg.vq, params["gen_vision_model"], world["train"].images)
+           if needs_codes else np.zeros((len(world["train"].images), cfg.image_tokens), np.int32))
+  model = janus.Model(cfg)
+  und, gen = UndSource(world["train"]), GenSource(world["train"], codes)
+  metrics = {}
+  for i, stage in enumerate(c.stages):
+    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + 10 + i)
+    params, metrics[stage.name] = run_stage(c, stage, model, params, batches, 10 + i)
+  meta = json.loads((init / "config.json").read_text())
+  extra = {k: v for k, v in meta.items() if k not in ("family", "config", "dtype", "source",
+                                                       "skipped", "chunks")}
+  extra["continued_from"] = str(init)
+  ckpt = out / "checkpoint"
+  summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
+             "final_metrics": {k: round(v, 4) for k, v in metrics[c.stages[-1].name].items()},
+             "train_seconds": round(time.time() - t0, 1)}
+  if c.eval.run:
+    summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
+  (out / "summary.json").write_text(json.dumps(summary, indent=1))
+  log(f"summary: {json.dumps(summary)}")
+  return summary
+
+
 def evaluate(ckpt: pathlib.Path, c, report_path: pathlib.Path) -> dict:
   """ShapesEval on an exported checkpoint; writes the printed table to `report_path`."""
   from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
@@ -359,6 +393,8 @@ def load_config(spec: str, overrides: list[str]) -> ml_collections.ConfigDict:
       value = json.loads(value)
     except json.JSONDecodeError:
       pass
+    if isinstance(value, list) and all(isinstance(v, dict) for v in value):
+      value = [ml_collections.ConfigDict(v) for v in value]  # e.g. a new list of stages
     target, parts = c, key.split(".")
     for part in parts[:-1]:
       target = target[int(part)] if isinstance(target, list) else target[part]
@@ -381,12 +417,20 @@ def main(argv=None) -> int:
                  help="config file[:arg], default configs/demo_shapes.py (full recipe)")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                  help="override a config field, e.g. --set vq.steps=100 (repeatable)")
+  p.add_argument("--continue_from", default=None, metavar="CKPT",
+                 help="run only the config's Janus stages, starting from this exported checkpoint")
   args = p.parse_args(argv)
   try:
     c = load_config(args.config, args.set)
   except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
     p.error(f"bad --config/--set: {e}")
-  run(c, pathlib.Path(args.out))
+  if args.continue_from:
+    init = pathlib.Path(args.continue_from)
+    if not (init / "config.json").is_file():
+      p.error(f"--continue_from {init}: no config.json; not an exported checkpoint")
+    continue_training(c, init, pathlib.Path(args.out))
+  else:
+    run(c, pathlib.Path(args.out))
   return 0
 
 
