@@ -54,10 +54,8 @@ def _read_bytes(path: str) -> bytes | None:
     return None
 
 
-class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
-  """Base: `source` is a local file or folder; output is always array_record."""
-
-  VERSION = tfds.core.Version("1.0.0")
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of this project's builders: array_record output, readable without TensorFlow."""
 
   @tfds.core.utils.classproperty
   @classmethod
@@ -66,9 +64,18 @@ class _LocalBuilder(tfds.core.GeneratorBasedBuilder):
     # and so not installed); the plain file path is what that lookup returns for a local module.
     return epath.Path(inspect.getfile(cls))
 
+  def __init__(self, **kwargs):
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+
+class _LocalBuilder(ArrayRecordBuilder):
+  """Base: `source` is a local file or folder."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
   def __init__(self, *, source: str | None = None, **kwargs):
     self._source = source
-    kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
   def _split_generators(self, dl_manager):

@@ -16,10 +16,10 @@ test holds only held-out compositions (see `world`), so ShapesEval can rebuild t
 import argparse
 import dataclasses
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from janus_jax.data import builders
 from janus_jax.data.shapes import text
 from janus_jax.data.shapes import world
 
@@ -37,7 +37,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   jitter: float = 0.0
 
 
-class ShapesWorld(tfds.core.GeneratorBasedBuilder):
+class ShapesWorld(builders.ArrayRecordBuilder):
   """Procedurally generated shapes images with captions and question/answer pairs."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -48,17 +48,6 @@ class ShapesWorld(tfds.core.GeneratorBasedBuilder):
                    num_test=8),
   ]
   DEFAULT_CONFIG_NAME = "default"
-
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    # TFDS's default looks the module up through the `importlib_resources` backport, which is
-    # not installed (Python >= 3.9 does not need it); this file is the answer it would give.
-    return epath.Path(__file__)
-
-  def __init__(self, **kwargs):
-    kwargs.setdefault("file_format", "array_record")
-    super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
