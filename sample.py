@@ -148,6 +148,17 @@ def template_family(name: str, model, cfg, path: pathlib.Path, meta) -> str:
   return "janus_pro" if is_pro else "janus"
 
 
+REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
+
+
+def checkpoint_cfg_weight(meta) -> float:
+  """The guidance weight a checkpoint recommends (config.json "sampling"), else the reference's."""
+  w = (meta.get("sampling") or {}).get("cfg_weight", REFERENCE_CFG_WEIGHT)
+  if not isinstance(w, (int, float)) or w < 0:
+    raise UsageError(f"config.json sampling.cfg_weight must be a number >= 0, got {w!r}")
+  return float(w)
+
+
 # --------------------------------------------------------------------------- text-to-image
 
 
@@ -253,26 +264,29 @@ def read_conversations(req) -> list[dict]:
   return convs
 
 
-def chat_inputs(conv, tok, template, model):
-  """(expanded ids, normalised images) of one conversation."""
+def chat_inputs(conv, tok, template, model, system: str = chat.SYSTEM_PROMPT):
+  """(expanded ids, normalised images) of one conversation; `system`: the checkpoint's system
+  prompt (`chat.checkpoint_system_prompt`)."""
   pre = preprocess.UnderstandingConfig(image_size=model.config.vision.image_size)
   images = [preprocess.understanding_pixels(im, pre) for im in conv["images"]]
   question = conv["question"]
   if tokenizer_lib.IMAGE in question:  # the user placed the images in the text
     r = chat.roles(template)
-    prompt = chat.format_conversation([(r.user, question), (r.assistant, "")]).text
+    prompt = chat.format_conversation([(r.user, question), (r.assistant, "")],
+                                      system=system).text
   else:
-    prompt = chat.understanding_prompt(template, question, len(images))
+    prompt = chat.understanding_prompt(template, question, len(images), system=system)
   toks = chat.tokenize(tok, prompt, image_tokens=model.config.image_tokens, family=template)
   if toks.n_images != len(images):
     raise UsageError(f"question has {toks.n_images} image placeholders but {len(images)} images")
   return [int(x) for x in toks.input_ids], images
 
 
-def run_chat(name, model, params, tok, template, cfg, mesh, rules_, convs) -> list[str]:
+def run_chat(name, model, params, tok, template, cfg, mesh, rules_, convs,
+             system: str = chat.SYSTEM_PROMPT) -> list[str]:
   c = cfg.chat
   sp = tok.special
-  inputs = [chat_inputs(conv, tok, template, model) for conv in convs]
+  inputs = [chat_inputs(conv, tok, template, model, system) for conv in convs]
   s = model.config.vision.image_size
   sampler = samplers.make(c.temperature, c.top_k, c.top_p)
   extra = (sp.boi,) if name == "janusflow" else ()
@@ -367,6 +381,8 @@ def run(cfg, req: Request) -> int:
     raise UsageError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "
                      f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")
   template = template_family(name, model, cfg, path, meta)
+  if cfg.t2i.cfg_weight is None:
+    cfg.t2i.cfg_weight = checkpoint_cfg_weight(meta)
   print(f"loaded {name} checkpoint {path} ({template} template, {len(jax.devices())} "
         f"device(s), {time.time() - start:.1f}s)", file=sys.stderr)
   if prompts:
@@ -375,7 +391,8 @@ def run(cfg, req: Request) -> int:
     save_images(images, pathlib.Path(cfg.out), cfg.t2i.num_images, cfg.t2i.grid)
     print(f"wrote {len(images)} images to {cfg.out} ({time.time() - start:.1f}s)")
   if convs:
-    answers = run_chat(name, model, params, tok, template, cfg, mesh, rules_, convs)
+    answers = run_chat(name, model, params, tok, template, cfg, mesh, rules_, convs,
+                       chat.checkpoint_system_prompt(meta))
     for conv, answer in zip(convs, answers):
       if req.chat_file:
         print(json.dumps({"question": conv["question"], "answer": answer}))

@@ -25,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- the world and its tokenizer ---
   c.world = ml_collections.ConfigDict(dict(
-      builder_config="tiny" if smoke else "default",  # shapes_world TFDS config
+      builder_config="tiny" if smoke else "dense_qa",  # shapes_world TFDS config
       num_train=32 if smoke else 20000, num_test=8 if smoke else 500))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, num_scenes=200 if smoke else 2000))
 
@@ -54,11 +54,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 stage("stage2", 2, (2.0, 0.0, 3.0), 1e-3, 1),
                 stage("stage3", 2, (5.0, 0.0, 4.0), 5e-4, 1)]
   else:
-    c.stages = [stage("stage1", 150, (1.0, 0.0, 1.0), 1e-3, 50),
-                stage("stage2", 1200, (2.0, 0.0, 3.0), 1.5e-3, 50),
-                stage("stage3", 450, (5.0, 0.0, 4.0), 3e-4, 20)]
+    c.stages = [stage("stage1", 200, (1.0, 0.0, 1.0), 1e-3, 50),
+                stage("stage2", 2300, (1.0, 0.0, 2.0), 1.5e-3, 100),
+                stage("stage3", 500, (1.0, 0.0, 1.0), 4e-4, 20)]
   c.batch_size = 4 if smoke else 12  # packed rows per step
   c.seq_len = 256
+  c.max_images_per_row = 2  # understanding images per packed row
+  # Understanding conversations carry no system prompt: the reference's 30-word one would be
+  # ~50 of this tokenizer's tokens per example. Exported into config.json, where sample.py and
+  # ShapesEval read it (`chat.checkpoint_system_prompt`).
+  c.system_prompt = ""
   c.caption_dropout = 0.1  # classifier-free guidance needs unconditional rows
   c.frozen = (r"gen_vision_model/.*",)
   c.log_every = 1 if smoke else 50

@@ -35,7 +35,10 @@ def get_config(arg=None):
 
   c.t2i = ml_collections.ConfigDict()
   c.t2i.num_images = 4  # per prompt (the reference's parallel_size)
-  c.t2i.cfg_weight = 5.0  # Janus/Janus-Pro reference; JanusFlow uses flow_cfg_weight
+  # Janus/Janus-Pro guidance. None: the checkpoint's own recommendation (config.json
+  # "sampling": {"cfg_weight": w}, as the shapes demo writes) or else the reference's 5.0.
+  # JanusFlow uses flow_cfg_weight.
+  c.t2i.cfg_weight = ml_collections.FieldReference(None, field_type=float)
   c.t2i.temperature = 1.0  # 0 = greedy
   c.t2i.top_k = 0  # 0 = off
   c.t2i.top_p = 1.0  # 1 = off

@@ -182,9 +182,10 @@ def stage_config(c, stage) -> ml_collections.ConfigDict:
 
 def make_batches(c, stage, tok, model_cfg: janus.Config, und: UndSource, gen: GenSource,
                  seed: int) -> pipeline.Iterator:
-  ex = examples.Config(family=c.family, seq_len=c.seq_len, max_images_per_row=1,
+  ex = examples.Config(family=c.family, seq_len=c.seq_len,
+                       max_images_per_row=c.max_images_per_row,
                        image_tokens=model_cfg.image_tokens, image_size=c.image_size,
-                       caption_dropout=c.caption_dropout)
+                       caption_dropout=c.caption_dropout, system_prompt=c.system_prompt)
   cfg = pipeline.Config(example=ex, ratios=tuple(stage.ratios), batch_size=c.batch_size,
                         seed=seed)
   sources = [und if stage.ratios[0] else None, None, gen if stage.ratios[2] else None]
@@ -308,6 +309,8 @@ def run(c, out: pathlib.Path) -> dict:
   ckpt = out / "checkpoint"
   size = export(ckpt, cfg, params, tok_dir, c.export_dtype,
                 {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
+                 "system_prompt": c.system_prompt,
+                 "sampling": {"cfg_weight": c.eval.cfg_weight},
                  "vq_psnr_test": summary["vq_psnr_test"]})
   summary["checkpoint_bytes"] = size
   log(f"exported {ckpt} ({size / 2**20:.1f} MiB, {n_params / 1e6:.2f}M parameters)")
@@ -348,6 +351,8 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   extra = {k: v for k, v in meta.items() if k not in ("family", "config", "dtype", "source",
                                                        "skipped", "chunks")}
   extra["continued_from"] = str(init)
+  extra["system_prompt"] = c.system_prompt
+  extra["sampling"] = {"cfg_weight": c.eval.cfg_weight}
   ckpt = out / "checkpoint"
   summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
              "final_metrics": {k: round(v, 4) for k, v in metrics[c.stages[-1].name].items()},

@@ -35,6 +35,9 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert summary["final_metrics"]["tokens_und"] > 0 and summary["final_metrics"]["tokens_gen"] > 0
   meta = json.loads((ckpt / "config.json").read_text())
   assert meta["family"] == "janus" and meta["image_size"] == 64
+  # Trained without a system prompt and with a chosen guidance weight: both travel with it.
+  assert meta["system_prompt"] == c.system_prompt == ""
+  assert meta["sampling"] == {"cfg_weight": c.eval.cfg_weight}
   config, params = driver.load_converted(ckpt)
   assert isinstance(config, janus.Config)
   assert config.image_tokens == 64 and config.vq.downsample_factor == 8
@@ -43,6 +46,7 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert (ckpt / "tokenizer.json").is_file()
   # The exported folder drives the real samplers through the ShapesEval adapter.
   adapter = model_adapter.load(str(ckpt), image_size=64, temperature=0)
+  assert adapter.system_prompt == "" and adapter.cfg_weight == c.eval.cfg_weight
   images = adapter.generate_images(["a red circle"])
   assert images.shape == (1, 64, 64, 3) and images.dtype == np.uint8
   answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
@@ -99,6 +103,17 @@ def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
                                                                               ).reshape(-1, 64, 64, 3):
     chroma = tile.max(-1) - tile.min(-1)
     assert (chroma > 80).mean() > 0.01
+
+
+def test_checkpoint_recommends_its_guidance_weight():
+  """sample.py's --cfg default: the checkpoint's config.json sampling.cfg_weight, else 5."""
+  assert sample_config.get_config().t2i.cfg_weight is None
+  assert sample.checkpoint_cfg_weight({}) == 5.0
+  assert sample.checkpoint_cfg_weight({"sampling": {"cfg_weight": 2.5}}) == 2.5
+  with pytest.raises(sample.UsageError, match="cfg_weight"):
+    sample.checkpoint_cfg_weight({"sampling": {"cfg_weight": "high"}})
+  meta = json.loads((ASSET / "config.json").read_text())
+  assert sample.checkpoint_cfg_weight(meta) == meta["sampling"]["cfg_weight"]
 
 
 def _demo_config(tmp_path, **chat):

@@ -78,11 +78,23 @@ def format_conversation(messages: Sequence[tuple[str, str]], system: str = SYSTE
   return Formatted(text, tuple((s - lead, min(e - lead, len(text))) for s, e in spans))
 
 
-def understanding_prompt(family: str, question: str, n_images: int = 1) -> str:
-  """Inference prompt for understanding: image placeholder(s) then the question, system included."""
+def understanding_prompt(family: str, question: str, n_images: int = 1,
+                         system: str = SYSTEM_PROMPT) -> str:
+  """Inference prompt for understanding: image placeholder(s) then the question, after `system`
+  (the reference's default system prompt; a model trained with another says so in its
+  checkpoint's config.json, see `checkpoint_system_prompt`)."""
   r = roles(family)
   user = "\n".join([tokenizer_lib.IMAGE] * n_images + [question])
-  return format_conversation([(r.user, user), (r.assistant, "")]).text
+  return format_conversation([(r.user, user), (r.assistant, "")], system=system).text
+
+
+def checkpoint_system_prompt(meta: dict) -> str:
+  """The understanding system prompt a checkpoint was trained with: its config.json's
+  "system_prompt" when present (the shapes demo trains with none), else the reference's."""
+  value = meta.get("system_prompt", SYSTEM_PROMPT)
+  if not isinstance(value, str):
+    raise ValueError(f"config.json system_prompt must be a string, got {value!r}")
+  return value
 
 
 def t2i_prompt(family: str, caption: str, tag: str | None = None) -> str:

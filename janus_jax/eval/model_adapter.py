@@ -6,6 +6,7 @@ with classifier-free guidance, `janus_jax.sampling.text` for answers) and the ch
 resized/normalised to the model's understanding resolution by `janus_jax.data.preprocess`.
 """
 
+import json
 import pathlib
 from typing import Sequence
 
@@ -34,6 +35,8 @@ class ModelAdapter:
   family: chat template ("janus_pro" uses `<|User|>`/`<|Assistant|>` role tokens).
   cfg_weight: guidance weight (None: no guidance). temperature: image-token sampling (0 greedy).
   max_new_tokens: answers are one or two words, so a few tokens suffice.
+  system_prompt: of understanding prompts; `load` takes the checkpoint's (see
+    `chat.checkpoint_system_prompt`).
   image_size: side of generated images (the demo VQ's training resolution, 64 for the shapes
     world); sets the number of image tokens drawn.
   """
@@ -41,9 +44,10 @@ class ModelAdapter:
   def __init__(self, model: janus.Model, params, tok: tokenizer_lib.Tokenizer, *,
                family: str = "janus_pro", cfg_weight: float | None = 5.0,
                temperature: float = 1.0, max_new_tokens: int = 8, image_size: int = 64,
-               seed: int = 0):
+               seed: int = 0, system_prompt: str = chat.SYSTEM_PROMPT):
     self.model, self.params, self.tok = model, params, tok
     self.family = family
+    self.system_prompt = system_prompt
     self.cfg_weight = cfg_weight
     self.sampler = samplers.Greedy() if temperature == 0 else samplers.Sampling(temperature)
     self.max_new_tokens = max_new_tokens
@@ -68,7 +72,8 @@ class ModelAdapter:
     pre = preprocess.UnderstandingConfig(image_size=cfg.vision.image_size)
     convs = []
     for image, question in zip(images, questions):
-      toks = chat.tokenize(self.tok, chat.understanding_prompt(self.family, question),
+      toks = chat.tokenize(self.tok, chat.understanding_prompt(self.family, question,
+                                                                 system=self.system_prompt),
                            image_tokens=cfg.image_tokens, family=self.family)
       pixels = preprocess.understanding_pixels(Image.fromarray(np.asarray(image)), pre)
       convs.append(([int(x) for x in toks.input_ids], [pixels]))
@@ -92,4 +97,8 @@ def load(path: str, **kw) -> ModelAdapter:
   config, params = driver.load_converted(path)
   if not isinstance(config, janus.Config):
     raise ValueError(f"{path} holds a {type(config).__name__}; ShapesEval needs a Janus model")
+  meta = json.loads((path / "config.json").read_text())
+  kw.setdefault("system_prompt", chat.checkpoint_system_prompt(meta))
+  if kw.get("cfg_weight", "checkpoint") == "checkpoint":  # its recommendation, else the reference's
+    kw["cfg_weight"] = float((meta.get("sampling") or {}).get("cfg_weight", 5.0))
   return ModelAdapter(janus.Model(config), params, tokenizer_lib.load(str(path)), **kw)

@@ -139,11 +139,13 @@ def _gen_item(category: str, scene: world.Scene, rng: np.random.Generator) -> Ge
   raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
 
 
-def gen_items(per_category: int = 20, seed: int = 0) -> list[GenItem]:
-  """`per_category` items per category, each from a distinct held-out test scene."""
+def gen_items(per_category: int = 20, seed: int = 0, split: str = "test") -> list[GenItem]:
+  """`per_category` items per category, each from a distinct scene of `split`: "test" (held-out
+  compositions: the score) or "validation" (training compositions, other scenes: for choosing
+  sampling settings without looking at the test split)."""
   rng = np.random.default_rng([seed, 7])
   items = {c: [] for c in CATEGORIES}
-  for scene in world.split_scenes("test", 100 * per_category * len(CATEGORIES), seed):
+  for scene in world.split_scenes(split, 100 * per_category * len(CATEGORIES), seed):
     open_cats = [c for c in CATEGORIES if len(items[c]) < per_category]
     if not open_cats:
       break
@@ -155,11 +157,11 @@ def gen_items(per_category: int = 20, seed: int = 0) -> list[GenItem]:
   return [it for c in CATEGORIES for it in items[c]]
 
 
-def und_items(num: int = 200, seed: int = 0) -> list[UndItem]:
-  """One question per held-out test scene, its kind drawn at random."""
+def und_items(num: int = 200, seed: int = 0, split: str = "test") -> list[UndItem]:
+  """One question per scene of `split` (held-out test scenes by default), its kind at random."""
   rng = np.random.default_rng([seed, 8])
   out = []
-  for scene in world.split_scenes("test", num, seed + 1):  # other scenes than generation's
+  for scene in world.split_scenes(split, num, seed + 1):  # other scenes than generation's
     qa = text.all_qa(scene, rng)
     q, a = qa[int(rng.integers(len(qa)))]
     out.append(UndItem(q, a, scene))
@@ -244,11 +246,17 @@ def main(argv=None) -> None:
   p.add_argument("--images_per_prompt", type=int, default=1)
   p.add_argument("--batch_size", type=int, default=16)
   p.add_argument("--image_size", type=int, default=64, help="rendered question image side")
-  p.add_argument("--cfg_weight", type=float, default=5.0)
+  p.add_argument("--cfg_weight", type=float, default=None,
+                 help="guidance weight; default: the checkpoint's config.json sampling.cfg_weight "
+                      "(chosen on the validation split), else the reference's 5.0")
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--split", default="test", choices=("test", "validation"),
+                 help="test: held-out compositions (the score); validation: training "
+                      "compositions, for choosing sampling settings")
   args = p.parse_args(argv)
-  gen, und = gen_items(args.per_category, args.seed), und_items(args.questions, args.seed)
+  gen = gen_items(args.per_category, args.seed, args.split)
+  und = und_items(args.questions, args.seed, args.split)
   if args.oracle:
     adapter = OracleAdapter(gen, [u.scene for u in und], args.image_size, args.degrade, args.seed)
   else:
@@ -257,7 +265,8 @@ def main(argv=None) -> None:
     if ckpt is None:
       p.error("no --checkpoint given and no checkpoint is shipped yet (issue 7); try --oracle")
     try:
-      adapter = model_adapter.load(ckpt, cfg_weight=args.cfg_weight,
+      w = "checkpoint" if args.cfg_weight is None else args.cfg_weight
+      adapter = model_adapter.load(ckpt, cfg_weight=w,
                                    temperature=args.temperature, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
       p.error(f"cannot load checkpoint {ckpt}: {e}")

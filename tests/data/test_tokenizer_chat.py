@@ -61,6 +61,15 @@ def test_exact_prompt_strings():
     chat.roles("llava")
 
 
+def test_system_prompt_comes_from_the_checkpoint():
+  assert chat.understanding_prompt("janus_pro", "Q", system="") == (
+      "<|User|>: <image_placeholder>\nQ\n\n<|Assistant|>:")
+  assert chat.checkpoint_system_prompt({}) == SYS  # released checkpoints: the reference's
+  assert chat.checkpoint_system_prompt({"system_prompt": ""}) == ""
+  with pytest.raises(ValueError, match="system_prompt"):
+    chat.checkpoint_system_prompt({"system_prompt": 3})
+
+
 def test_multi_turn_and_answer_spans():
   f = chat.format_conversation(
       [("<|User|>", " q1 "), ("<|Assistant|>", "a1\n"), ("<|User|>", "q2"), ("<|Assistant|>", "a2")],

@@ -30,6 +30,16 @@ def test_items_are_heldout_and_in_the_training_grammar(items):
       assert it.prompt in [text.describe(it.scene, s) for s in styles if s != "relation"]
 
 
+def test_validation_items_are_training_compositions():
+  """--split validation (for choosing sampling settings) never touches a held-out composition."""
+  gen, und = shapes.gen_items(3, split="validation"), shapes.und_items(20, split="validation")
+  assert [it.category for it in gen] == [c for c in shapes.CATEGORIES for _ in range(3)]
+  assert not any(world.is_heldout(it.scene) for it in gen)
+  assert not any(world.is_heldout(u.scene) for u in und)
+  test_prompts = {it.prompt for it in shapes.gen_items(3)}
+  assert test_prompts != {it.prompt for it in gen}
+
+
 def test_oracle_scores_one(items):
   gen, und = items
   adapter = shapes.OracleAdapter(gen, [u.scene for u in und])

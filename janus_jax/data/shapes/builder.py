@@ -44,6 +44,8 @@ class ShapesWorld(builders.ArrayRecordBuilder):
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [
       ShapesConfig(name="default", description="64x64, 20000 train / 500 validation / 500 test"),
+      ShapesConfig(name="dense_qa", num_qa=8,
+                   description="as default, with up to 8 QA pairs per image (the demo recipe)"),
       ShapesConfig(name="tiny", description="for tests", num_train=32, num_validation=8,
                    num_test=8),
   ]
