@@ -363,6 +363,12 @@ def _commit(tmp: pathlib.Path, out_dir: pathlib.Path):
     shutil.rmtree(old)
 
 
+# Files of a released checkpoint that sampling needs besides the weights (tokenizer and
+# processor settings); `convert` copies those present next to its output.
+SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+              "processor_config.json", "preprocessor_config.json")
+
+
 def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = False,
             family: str | types.ModuleType | None = None, extra: dict | None = None,
             chunk_bytes: int = 256 << 20, progress: bool = True, log=print) -> Summary:
@@ -425,9 +431,12 @@ def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = Fa
       del flat
       chunks = i + 1
     bar.close()
+    copied = [f.name for f in (pathlib.Path(ckpt_dir) / n for n in SIDE_FILES) if f.is_file()]
+    for n in copied:  # the tokenizer travels with the weights, as in a released checkpoint
+      shutil.copy(pathlib.Path(ckpt_dir) / n, tmp / n)
     meta = {"family": name, "config": config_to_json(config),
             "dtype": dtype or "source", "source": str(pathlib.Path(ckpt_dir).resolve()),
-            "skipped": sorted(plan.skipped), "chunks": chunks}
+            "skipped": sorted(plan.skipped), "chunks": chunks, "copied": copied}
     (tmp / "config.json").write_text(json.dumps(meta, indent=1))
     _commit(tmp, out_dir)
   except BaseException:

@@ -179,6 +179,18 @@ def test_round_trip(tmp_path, fmt, shards):
   StandInModel(config).apply({"params": params}, jnp.zeros((1, 4), jnp.int32))
 
 
+def test_tokenizer_files_travel_with_the_weights(tmp_path):
+  src = write_ckpt(tmp_path / "src", state_dict(), "safetensors", 1)
+  (src / "tokenizer.json").write_text('{"model": {}}')
+  (src / "special_tokens_map.json").write_text("{}")
+  convert(src, tmp_path / "out")
+  assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"model": {}}'
+  assert (tmp_path / "out" / "special_tokens_map.json").is_file()
+  assert not (tmp_path / "out" / "tokenizer_config.json").exists()  # absent in the source
+  meta = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert meta["copied"] == ["tokenizer.json", "special_tokens_map.json"]
+
+
 def test_sharded_restore(tmp_path):
   convert(write_ckpt(tmp_path / "src", state_dict()), tmp_path / "out")
   mesh = jax.make_mesh((len(jax.devices()),), ("x",))
