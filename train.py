@@ -263,12 +263,15 @@ def host_metrics(m: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def train(config, workdir: str, data=None) -> dict:
+def train(config, workdir: str, data=None, return_params: bool = False, devices=None) -> dict:
   """Trains until config.total_steps or a stop signal. Returns the last host metrics + status.
 
   `data` replaces the configured iterator (it needs get_state / set_state for checkpoints).
+  `return_params`: also return the final parameters (under "params"), for a caller that runs
+  stages back to back (the shapes demo, `janus_jax.demo`). `devices`: the mesh's devices
+  (default all).
   """
-  s = setup(config)
+  s = setup(config, devices)
   if config.data.batch_size % sharding.batch_divisor(s.mesh):
     raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
                      f"batch mesh axes' size {sharding.batch_divisor(s.mesh)}")
@@ -325,6 +328,8 @@ def train(config, workdir: str, data=None) -> dict:
     ckpt.close()
     reporter.close()
   out.update(step=step, stopped=stopped)
+  if return_params:
+    out["params"] = state.params
   return out
 
 

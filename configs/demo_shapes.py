@@ -71,5 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- export and evaluation ---
   c.export_dtype = "float32"
   c.eval = ml_collections.ConfigDict(dict(
-      run=not smoke, per_category=20, questions=200, cfg_weight=5.0, temperature=1.0))
+      run=not smoke, per_category=20, questions=200, temperature=1.0,
+      # Guidance: exported as cfg_weight, then replaced by the candidate with the best
+      # generation accuracy on the validation split (`demo.select_guidance`).
+      cfg_weight=5.0, cfg_candidates=(1.5, 2.0, 3.0, 5.0)))
   return c

@@ -7,18 +7,20 @@ One command, in order (each step prints what it did and how long it took):
   2. tokenizer  a byte-level BPE `tokenizer.json` with the Janus special tokens
   3. vq         a small VQ-16 tokenizer trained on the train images; PSNR on the test split
   4. codes      every train image tokenized once with the frozen VQ (offline codes)
-  5. stages     three Janus stages through `janus_jax.data.pipeline` (understanding =
-                multi-turn QA about an image, generation = caption -> 64 codes, with caption
-                dropout for guidance) and `janus_jax.train_steps.train_step`
+  5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
+                `janus_jax.data.pipeline` (understanding = multi-turn QA about an image,
+                generation = caption -> 64 codes, with caption dropout for guidance); each
+                stage's weights are exported to OUT/stages/<name> and start the next
   6. export     `OUT/checkpoint`: config.json + params/chunk_000 (the converter's layout, read by
                 `janus_jax.convert.driver.load_converted`, sample.py and ShapesEval) + tokenizer
-  7. eval       ShapesEval on the exported checkpoint; the table goes to OUT/eval.txt
+  7. eval       the guidance weight chosen on the validation split (written into config.json),
+                then ShapesEval on the test split; the table goes to OUT/eval.txt
 
-Why a loop here instead of `train.py`: train.py builds models from named variants
-(`janus.get_config(variant)`), and this model's sizes exist only in configs/demo_shapes.py. The
-loop below is the same pure `train_steps.train_step` with the same regex optimizer
-(`optim.make`) and batch format, on one device, without checkpoint/resume machinery (the whole
-recipe takes well under an hour; rerun it from scratch).
+Each Janus stage is one call of train.py's `train` (the loop `python train.py` runs: sharded
+jitted `train_steps.train_step`, `optim.make`, Orbax checkpoints under OUT/train/<stage>,
+TensorBoard under OUT/train/<stage>/tb) with a config built from `configs/train_common.py`
+(`stage_config`): the model and weights come from the previous stage's export (`init_from`, as a
+converted release would), the batches from the in-memory shapes sources below.
 """
 
 import argparse
@@ -35,8 +37,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from janus_jax import optim
-from janus_jax import train_steps
 from janus_jax import vq_training
 from janus_jax.data import examples
 from janus_jax.data import pipeline
@@ -167,16 +167,39 @@ def model_config(c, vocab_size: int) -> janus.Config:
 # ----------------------------------------------------------------------------------------------
 
 
-def stage_config(c, stage) -> ml_collections.ConfigDict:
-  """The run-config fields `train_step` and `optim.make` read, for one stage."""
-  r = ml_collections.ConfigDict()
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _repo_module(rel: str):
+  """`train.py` or a `configs/` file: they live next to the package, not inside it."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = REPO / rel
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found: the demo recipe runs from a checkout of the repo")
+  name = "_demo_" + rel.replace("/", "_").removesuffix(".py")
+  if name not in sys.modules:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+  return sys.modules[name]
+
+
+def stage_config(c, stage, init_from: pathlib.Path, index: int) -> ml_collections.ConfigDict:
+  """train.py's config for one stage: `configs/train_common.base()` with the stage's schedule,
+  the model and weights of `init_from` (an exported checkpoint), one device."""
+  common = _repo_module("configs/train_common.py")
+  r = common.base(ml_collections.ConfigDict(dict(
+      family="janus", dtype="float32", param_dtype="float32", remat_policy="none")))
+  r.seed = c.seed + 100 + index
   r.total_steps = stage.steps
-  r.optim = ml_collections.ConfigDict(dict(
-      lr=stage.lr, warmup_steps=stage.warmup, schedule="warmup_cosine", b1=0.9, b2=0.95,
-      eps=1e-8, weight_decay=0.0, grad_clip=1.0, trainable=(), frozen=tuple(c.frozen),
-      lr_mults=(), grad_accum_steps=1, total_steps=stage.steps))
-  r.loss = ml_collections.ConfigDict(dict(cfg_drop_prob=c.caption_dropout))
-  r.ema_decay = 0.0
+  r.mesh = (1, 1, 1)
+  r.init_from = str(init_from)
+  r.data.update(source="demo", batch_size=c.batch_size, seq_len=c.seq_len)
+  r.optim.update(lr=stage.lr, warmup_steps=stage.warmup, schedule="warmup_cosine",
+                 total_steps=stage.steps, frozen=tuple(c.frozen))
+  r.ckpt.update(every=stage.steps, keep=1, use_async=False)  # the stage's last state only
+  r.log_every = c.log_every
   return r
 
 
@@ -197,27 +220,18 @@ def _no_sharding():
   return grain.NoSharding()
 
 
-def run_stage(c, stage, model: janus.Model, params, batches, index: int):
-  """Trains all unfrozen parameters for `stage.steps` steps; returns (params, last metrics)."""
-  rc = stage_config(c, stage)
-  tx, labels, sched = optim.make(rc.optim, params)
-  state = train_steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                 opt_state=tx.init(params))
-  step = jax.jit(lambda s, b, r: train_steps.train_step(
-      s, b, r, terms_fn=train_steps.bind_terms(model, "janus", rc), tx=tx,
-      trainable=optim.trainable_mask(labels), config=rc), donate_argnums=(0,))
-  rng = jax.random.key(c.seed + 100 + index)
-  start, m = time.time(), {}
-  for i in range(1, stage.steps + 1):
-    state, m = step(state, next(batches), jax.random.fold_in(rng, i))
-    if i % c.log_every == 0 or i == stage.steps:
-      m = {k: float(v) for k, v in m.items()}
-      if not np.isfinite(m["loss"]):
-        raise FloatingPointError(f"{stage.name} step {i}: loss is not finite: {m}")
-      log(f"{stage.name} {i}/{stage.steps}: loss={m['loss']:.4f} und={m['loss_und']:.4f} "
-          f"gen={m['loss_gen']:.4f} lr={float(sched(i - 1)):.2e} "
-          f"({(time.time() - start) / i:.2f}s/step)")
-  return state.params, m
+def run_stage(c, stage, init_from: pathlib.Path, batches, workdir: pathlib.Path, index: int):
+  """One stage through train.py's `train` (its sharded jitted step, checkpoints in `workdir`,
+  TensorBoard in workdir/tb): every unfrozen parameter trains for `stage.steps` steps from the
+  exported checkpoint `init_from`. Returns (params, last metrics)."""
+  train = _repo_module("train.py")
+  start = time.time()
+  out = train.train(stage_config(c, stage, init_from, index), str(workdir), data=batches,
+                    return_params=True, devices=jax.devices()[:1])  # a 3.7M model: one device
+  params = out.pop("params")
+  log(f"{stage.name}: {out['step']} steps in {time.time() - start:.0f}s, last loss="
+      f"{out['loss']:.4f} (und {out['loss_und']:.4f}, gen {out['loss_gen']:.4f})")
+  return params, out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +266,22 @@ def export(out_dir: pathlib.Path, cfg: janus.Config, params, tokenizer_dir: path
 # ----------------------------------------------------------------------------------------------
 
 
+def _scalars(m: dict) -> dict:
+  return {k: round(float(v), 4) for k, v in m.items() if isinstance(v, (int, float))}
+
+
+def _fresh_train_dir(out: pathlib.Path) -> pathlib.Path:
+  """OUT/train, which must not hold an earlier run's stages (train.py would resume them)."""
+  train_dir = out / "train"
+  if train_dir.exists() and any(train_dir.iterdir()):
+    raise FileExistsError(f"{train_dir} holds an earlier run's stages; use another --out "
+                          "(nothing there is overwritten)")
+  return train_dir
+
+
 def run(c, out: pathlib.Path) -> dict:
   """Runs the whole recipe into `out`; returns the summary also written to out/summary.json."""
+  train_dir = _fresh_train_dir(out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   times, summary = {}, {}
@@ -297,21 +325,26 @@ def run(c, out: pathlib.Path) -> dict:
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
   log(f"model: {n_params / 1e6:.2f}M parameters")
   und, gen = UndSource(world["train"]), GenSource(world["train"], codes)
+  meta = {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
+          "system_prompt": c.system_prompt,
+          "sampling": {"cfg_weight": c.eval.cfg_weight},  # until select_guidance
+          "vq_psnr_test": summary["vq_psnr_test"]}
+  # Each stage is a train.py run from the previous stage's exported weights (its init_from).
+  prev = out / "stages" / "init"
+  export(prev, cfg, params, tok_dir, "float32", meta)
   metrics = {}
   for i, stage in enumerate(c.stages):
     t = time.time()
     batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + i)
-    params, metrics[stage.name] = run_stage(c, stage, model, params, batches, i)
+    params, metrics[stage.name] = run_stage(c, stage, prev, batches, train_dir / stage.name, i)
+    prev = out / "stages" / stage.name
+    export(prev, cfg, params, tok_dir, "float32", meta)
     done(stage.name, t)
-  summary["final_metrics"] = {k: round(v, 4) for k, v in metrics[c.stages[-1].name].items()}
+  summary["final_metrics"] = _scalars(metrics[c.stages[-1].name])
 
   t = time.time()
   ckpt = out / "checkpoint"
-  size = export(ckpt, cfg, params, tok_dir, c.export_dtype,
-                {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
-                 "system_prompt": c.system_prompt,
-                 "sampling": {"cfg_weight": c.eval.cfg_weight},
-                 "vq_psnr_test": summary["vq_psnr_test"]})
+  size = export(ckpt, cfg, params, tok_dir, c.export_dtype, meta)
   summary["checkpoint_bytes"] = size
   log(f"exported {ckpt} ({size / 2**20:.1f} MiB, {n_params / 1e6:.2f}M parameters)")
   done("export", t)
@@ -319,6 +352,7 @@ def run(c, out: pathlib.Path) -> dict:
 
   if c.eval.run:
     t = time.time()
+    summary["cfg_weight"] = select_guidance(ckpt, c)
     summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
     done("eval", t)
   summary["times"] = times
@@ -332,6 +366,7 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   """More Janus stages (`c.stages`) from an exported checkpoint `init` (e.g. `OUT/checkpoint` of
   `run`), reusing its tokenizer and frozen VQ; exports to OUT/checkpoint and evaluates."""
   from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
+  train_dir = _fresh_train_dir(out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   cfg, params = driver.load_converted(init)
@@ -341,36 +376,66 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   needs_codes = any(s.ratios[2] for s in c.stages)
   codes = (vq_training.encode(cfg.vq, params["gen_vision_model"], world["train"].images)
            if needs_codes else np.zeros((len(world["train"].images), cfg.image_tokens), np.int32))
-  model = janus.Model(cfg)
   und, gen = UndSource(world["train"]), GenSource(world["train"], codes)
-  metrics = {}
-  for i, stage in enumerate(c.stages):
-    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + 10 + i)
-    params, metrics[stage.name] = run_stage(c, stage, model, params, batches, 10 + i)
   meta = json.loads((init / "config.json").read_text())
   extra = {k: v for k, v in meta.items() if k not in ("family", "config", "dtype", "source",
                                                        "skipped", "chunks")}
   extra["continued_from"] = str(init)
   extra["system_prompt"] = c.system_prompt
   extra["sampling"] = {"cfg_weight": c.eval.cfg_weight}
+  metrics, prev = {}, init
+  for i, stage in enumerate(c.stages):
+    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + 10 + i)
+    params, metrics[stage.name] = run_stage(c, stage, prev, batches, train_dir / stage.name,
+                                            10 + i)
+    prev = out / "stages" / stage.name
+    export(prev, cfg, params, init, "float32", extra)
   ckpt = out / "checkpoint"
   summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
-             "final_metrics": {k: round(v, 4) for k, v in metrics[c.stages[-1].name].items()},
+             "final_metrics": _scalars(metrics[c.stages[-1].name]),
              "train_seconds": round(time.time() - t0, 1)}
   if c.eval.run:
+    summary["cfg_weight"] = select_guidance(ckpt, c)
     summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   log(f"summary: {json.dumps(summary)}")
   return summary
 
 
-def evaluate(ckpt: pathlib.Path, c, report_path: pathlib.Path) -> dict:
-  """ShapesEval on an exported checkpoint; writes the printed table to `report_path`."""
+def select_guidance(ckpt: pathlib.Path, c) -> float:
+  """Picks the guidance weight among `c.eval.cfg_candidates` by ShapesEval generation accuracy on
+  the validation split (training compositions, never the held-out test ones) and records it in
+  the checkpoint's config.json ("sampling"), where sample.py and ShapesEval read it."""
   from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
   from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
   e = c.eval
-  adapter = model_adapter.load(str(ckpt), cfg_weight=e.cfg_weight, temperature=e.temperature,
-                               seed=c.seed, image_size=c.image_size)
+  items = shapes.gen_items(e.per_category, c.seed, split="validation")
+  scores = {}
+  for w in e.cfg_candidates:
+    adapter = model_adapter.load(str(ckpt), cfg_weight=float(w), temperature=e.temperature,
+                                 seed=c.seed, image_size=c.image_size)
+    scores[float(w)] = shapes.evaluate(adapter, items, [], c.image_size,
+                                       log=lambda m: None)["gen_overall"]
+    log(f"guidance {w}: validation gen_overall={scores[float(w)]:.3f}")
+  best = max(scores, key=lambda w: (scores[w], -abs(w - 5.0)))  # ties: nearer the reference's
+  meta_path = ckpt / "config.json"
+  meta = json.loads(meta_path.read_text())
+  meta["sampling"] = {"cfg_weight": best}
+  meta["guidance_selection"] = {"split": "validation", "gen_overall": scores}
+  meta_path.write_text(json.dumps(meta, indent=1))
+  log(f"chose guidance {best} (written to {meta_path})")
+  return best
+
+
+def evaluate(ckpt: pathlib.Path, c, report_path: pathlib.Path) -> dict:
+  """ShapesEval on an exported checkpoint at its recorded guidance weight (`select_guidance`);
+  writes the printed table to `report_path`."""
+  from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
+  from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
+  e = c.eval
+  adapter = model_adapter.load(str(ckpt), temperature=e.temperature, seed=c.seed,
+                               image_size=c.image_size)
+  log(f"ShapesEval (test split) at guidance {adapter.cfg_weight}")
   results = shapes.evaluate(adapter, shapes.gen_items(e.per_category, c.seed),
                             shapes.und_items(e.questions, c.seed), c.image_size, log=log)
   table = shapes.report(results)
@@ -424,12 +489,23 @@ def main(argv=None) -> int:
                  help="override a config field, e.g. --set vq.steps=100 (repeatable)")
   p.add_argument("--continue_from", default=None, metavar="CKPT",
                  help="run only the config's Janus stages, starting from this exported checkpoint")
+  p.add_argument("--evaluate", default=None, metavar="CKPT",
+                 help="run only step 7 on an exported checkpoint: choose its guidance weight on "
+                      "the validation split, then ShapesEval on test (report in --out)")
   args = p.parse_args(argv)
   try:
     c = load_config(args.config, args.set)
   except (FileNotFoundError, ValueError, KeyError, IndexError) as e:
     p.error(f"bad --config/--set: {e}")
-  if args.continue_from:
+  if args.evaluate:
+    ckpt = pathlib.Path(args.evaluate)
+    if not (ckpt / "config.json").is_file():
+      p.error(f"--evaluate {ckpt}: no config.json; not an exported checkpoint")
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    select_guidance(ckpt, c)
+    evaluate(ckpt, c, out / "eval.txt")
+  elif args.continue_from:
     init = pathlib.Path(args.continue_from)
     if not (init / "config.json").is_file():
       p.error(f"--continue_from {init}: no config.json; not an exported checkpoint")

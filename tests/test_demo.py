@@ -52,6 +52,13 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
                            ["how many shapes are there?"])
   assert len(answers) == 1 and isinstance(answers[0], str)
+  # Step 7's guidance choice (validation split) lands in config.json for sample.py/ShapesEval.
+  c.eval.per_category, c.eval.cfg_candidates = 1, (1.0, 2.0)
+  w = demo.select_guidance(ckpt, c)
+  meta = json.loads((ckpt / "config.json").read_text())
+  assert w in (1.0, 2.0) and meta["sampling"] == {"cfg_weight": w}
+  assert set(meta["guidance_selection"]["gen_overall"]) == {"1.0", "2.0"}
+  assert model_adapter.load(str(ckpt), image_size=64).cfg_weight == w
 
 
 def test_config_overrides_are_checked():
