@@ -40,7 +40,6 @@ from janus_jax.data import preprocess
 from janus_jax.data import tokenizer as tokenizer_lib
 from janus_jax.models import janus
 from janus_jax.models import janusflow
-from janus_jax.models import llama
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
@@ -375,9 +374,6 @@ def run(cfg, req: Request) -> int:
   rules_ = sharding.rules_from_config(cfg.sharding_rules)
   start = time.time()
   name, model, params, meta = load_model(path, cfg, mesh, rules_)
-  # Per-layer LLM weights for decoding, converted once here so that the samplers do not hold a
-  # second (stacked) copy during every call (`llama.decoding_layout`).
-  model, params = llama.decoding_layout(model, params)
   tok = load_tokenizer(path, cfg, meta)
   if meta.get("image_size"):  # a checkpoint trained at one size (the demo's 64 px) says so
     cfg.t2i.image_size = int(meta["image_size"])

@@ -49,11 +49,6 @@ class Config:
   # Layers per iteration of the layer scan (`lax.scan` unroll; num_layers = a straight-line
   # program). Parameters keep the stacked layout either way; only the compiled loop changes.
   scan_unroll: int = 1
-  # False: the layers are separate modules `layers_0` ... `layers_{L-1}` (per-layer parameter
-  # arrays) instead of one scan over stacked parameters. The decoding layout: inside a decode
-  # loop a stacked layout re-slices (copies) every layer's weights each step, separate arrays
-  # are read in place. `unstack_layers` / `stack_layers` convert the parameters.
-  scan_layers: bool = True
 
   @classmethod
   def from_hf(cls, d: dict, **overrides) -> "Config":
@@ -348,19 +343,15 @@ class Decoder(nn.Module):
     policy = REMAT_POLICIES[c.remat_policy]
     if c.remat_policy != "none":
       block = nn.remat(Block, policy=policy, prevent_cse=False, static_argnums=(6,))
-    if c.scan_layers:
-      self.layers = nn.scan(
-          block,
-          variable_axes={"params": 0},
-          split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-          length=c.num_layers,
-          unroll=c.scan_unroll,
-          metadata_params={nn.PARTITION_NAME: "layers"},
-      )(c, self.dtype, self.param_dtype)
-    else:
-      self.blocks = [block(c, self.dtype, self.param_dtype, name=f"layers_{i}")
-                     for i in range(c.num_layers)]
+    self.layers = nn.scan(
+        block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=c.num_layers,
+        unroll=c.scan_unroll,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )(c, self.dtype, self.param_dtype)
     self.norm = layers.RMSNorm(c.rms_norm_eps, axis_name="embed", dtype=self.dtype,
                                param_dtype=self.param_dtype)
 
@@ -403,16 +394,9 @@ class Decoder(nn.Module):
       kv = (cache.k, cache.v, index)
     x = nn.with_logical_constraint(embeds.astype(self.dtype), ("act_batch", "act_len", "act_emb"))
     tap = None if tap_layer is None else jnp.zeros_like(x)
-    tap_at = tap_layer if tap_layer is not None else -1
-    if self.config.scan_layers:
-      layer_ids = jnp.arange(self.config.num_layers)
-      (x, tap), new_kv = self.layers((x, tap), layer_ids, positions, mask, kv, tap_at)
-    else:
-      kvs = []
-      for i, block in enumerate(self.blocks):
-        (x, tap), kv_i = block((x, tap), i, positions, mask, kv, tap_at)
-        kvs.append(kv_i)
-      new_kv = None if kv is None else tuple(jnp.stack(z) for z in zip(*kvs))
+    layer_ids = jnp.arange(self.config.num_layers)
+    (x, tap), new_kv = self.layers((x, tap), layer_ids, positions, mask, kv,
+                                   tap_layer if tap_layer is not None else -1)
     new_cache = None
     if cache is not None:
       new_cache = Cache(
@@ -420,47 +404,6 @@ class Decoder(nn.Module):
           v=jax.lax.dynamic_update_slice_in_dim(cache.v, new_kv[1], index, axis=3),
           valid=kv_valid, index=index + t)
     return Output(hidden=self.norm(x), cache=new_cache, tap=tap)
-
-
-def unstack_layers(params: dict) -> dict:
-  """`Model` parameters, stacked layout (`model/layers/...`, leading L axis) -> the per-layer
-  layout of `scan_layers=False` (`model/layers_i/...`). Under jit: one copy of the layer
-  weights (do it once, outside a decode loop)."""
-  model = dict(params["model"])
-  if "layers" not in model:
-    raise ValueError("unstack_layers: no stacked `model/layers` (already per-layer?)")
-  stacked = model.pop("layers")
-  n = jax.tree_util.tree_leaves(stacked)[0].shape[0]
-  for i in range(n):
-    model[f"layers_{i}"] = jax.tree_util.tree_map(lambda x, i=i: x[i], stacked)
-  return {**params, "model": model}
-
-
-def stack_layers(params: dict) -> dict:
-  """The inverse of `unstack_layers`."""
-  model = dict(params["model"])
-  names = sorted((k for k in model if k.startswith("layers_")), key=lambda k: int(k[7:]))
-  if not names:
-    raise ValueError("stack_layers: no per-layer `model/layers_i` parameters")
-  per = [model.pop(k) for k in names]
-  model["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *per)
-  return {**params, "model": model}
-
-
-def decoding_layout(model: nn.Module, params: dict):
-  """(model, params) of a composite whose LLM is `config.llm` / params["language_model"]
-  (Janus, JanusFlow) -> the same model with per-layer LLM parameters (`scan_layers=False`).
-
-  Decode loops call this on entry (a no-op when already per-layer): the layer weights are then
-  sliced once per call instead of once per generated token. sample.py converts right after
-  loading, so the stacked copy is freed.
-  """
-  c = model.config
-  if not c.llm.scan_layers:
-    return model, params
-  cfg = dataclasses.replace(c, llm=dataclasses.replace(c.llm, scan_layers=False))
-  return model.clone(config=cfg), {**params,
-                                   "language_model": unstack_layers(params["language_model"])}
 
 
 class Model(nn.Module):

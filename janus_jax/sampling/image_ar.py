@@ -139,7 +139,6 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
   """
   r, t = tokens.shape
   b = r // 2 if guided else r
-  model, params = llama.decoding_layout(model, params)  # layer weights sliced once, not per token
   cache = llama.init_cache(model.config.llm, r, t + num_tokens - 1, model.dtype)
   out = _call(model, params, "llm", _call(model, params, "embed_text", tokens), positions,
               attn_mask=mask, cache=cache)

@@ -136,7 +136,6 @@ def sample_latents(model: janusflow.Model, params, prompt_ids, prompt_mask, prom
     velocity of step 0, both in the integration dtype.
   """
   check_model(model)
-  model, params = llama.decoding_layout(model, params)  # layer weights sliced once, not per step
   zdt = jnp.float32 if integrate_fp32 else model.dtype
   rows, length = prompt_ids.shape
   q = model.config.gen_tokens(z0.shape[1])

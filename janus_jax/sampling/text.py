@@ -118,7 +118,6 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
   b, t = input_ids.shape
-  model, params = llama.decoding_layout(model, params)  # layer weights sliced once, not per token
   embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
                  images_seq_mask, images_emb_mask)
   mask = attention_mask.astype(bool)

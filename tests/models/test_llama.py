@@ -99,35 +99,6 @@ def test_unrolled_layer_scan_is_the_same_model(model_params):
   np.testing.assert_allclose(np.asarray(out.cache.k), np.asarray(ref.cache.k), atol=1e-6)
 
 
-def test_per_layer_layout_is_the_same_model(model_params):
-  """scan_layers=False with unstack_layers(params): same outputs, cache and tap; round trip."""
-  m, p = model_params
-  per_layer = llama.Model(llama.get_config("tiny", num_kv_heads=2, scan_layers=False))
-  q = llama.unstack_layers(p)
-  assert "layers" not in q["model"] and f"layers_{CFG.num_layers - 1}" in q["model"]
-  want = jax.eval_shape(lambda: per_layer.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32),
-                                               method=per_layer.init_all))
-  assert jax.tree.map(jnp.shape, q) == jax.tree.map(jnp.shape, nn.unbox(want)["params"])
-  ids, mask, pos = _inputs(t=8)
-  emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
-  outs = []
-  for model, params in ((m, p), (per_layer, q)):
-    out = model.apply({"params": params}, emb[:, :5], jnp.asarray(pos[:, :5]),
-                      attn_mask=jnp.asarray(mask[:, :5]), cache=llama.init_cache(CFG, 2, 8),
-                      tap_layer=0)
-    step = model.apply({"params": params}, emb[:, 5:6], jnp.asarray(pos[:, 5:6]),
-                       attn_mask=jnp.asarray(mask[:, 5:6]), cache=out.cache)
-    outs.append((out.hidden, out.tap, step.hidden, step.cache.k, step.cache.v))
-  for a, b in zip(*outs):  # float32 reassociation only (the two compile to other fusions)
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5)
-  back = llama.stack_layers(q)
-  jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), back, p)
-  with pytest.raises(ValueError, match="already per-layer"):
-    llama.unstack_layers(q)
-  with pytest.raises(ValueError, match="no per-layer"):
-    llama.stack_layers(p)
-
-
 def test_remat_and_tap(model_params):
   _, p = model_params
   ids, _, pos = _inputs()
