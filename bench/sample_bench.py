@@ -18,7 +18,6 @@ last line `speedup_vs_reference=<JAX token throughput / reference token throughp
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -207,9 +206,6 @@ def main(argv=None):
                        "distort the comparison")
   ap.add_argument("--check_tokens", type=int, default=32,
                   help="greedy codes compared between JAX and the reference (0: skip)")
-  ap.add_argument("--scan_unroll", type=int, default=0,
-                  help="JAX decoder layers per scan iteration (llama.Config.scan_unroll; "
-                       "0: all layers, a straight-line step program)")
   ap.add_argument("--hf", action="store_true",
                   help="also time transformers JanusForConditionalGeneration.generate")
   args = ap.parse_args(argv)
@@ -230,8 +226,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[args.dtype]
   config = bench_config(args.config)
-  unroll = args.scan_unroll or config.llm.num_layers
-  config = dataclasses.replace(config, llm=dataclasses.replace(config.llm, scan_unroll=unroll))
   grid = int(round(args.tokens ** 0.5))
   model = janus.Model(config, dtype, dtype)
   t0 = time.perf_counter()
@@ -239,7 +233,6 @@ def main(argv=None):
   params = jax.tree.map(lambda x: x.astype(dtype), params)
   print(f"config={args.config} dtype={args.dtype} images={args.images} tokens={args.tokens} "
         f"backend={jax.default_backend()} torch_threads={torch.get_num_threads()} "
-        f"scan_unroll={config.llm.scan_unroll} "
         f"init={time.perf_counter() - t0:.1f}s", flush=True)
   prompt = [1] + list(range(10, 10 + 14)) + [5]  # BOS, 14 text tokens, <begin_of_image>
   n, p = args.images, args.tokens

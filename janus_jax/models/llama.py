@@ -46,9 +46,6 @@ class Config:
   max_position_embeddings: int = 16384
   # Activation rematerialisation inside the layer scan: see REMAT_POLICIES.
   remat_policy: str = "none"
-  # Layers per iteration of the layer scan (`lax.scan` unroll; num_layers = a straight-line
-  # program). Parameters keep the stacked layout either way; only the compiled loop changes.
-  scan_unroll: int = 1
 
   @classmethod
   def from_hf(cls, d: dict, **overrides) -> "Config":
@@ -349,7 +346,6 @@ class Decoder(nn.Module):
         split_rngs={"params": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=c.num_layers,
-        unroll=c.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )(c, self.dtype, self.param_dtype)
     self.norm = layers.RMSNorm(c.rms_norm_eps, axis_name="embed", dtype=self.dtype,
