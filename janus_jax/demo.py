@@ -176,7 +176,13 @@ def _repo_module(rel: str):
   path = REPO / rel
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found: the demo recipe runs from a checkout of the repo")
-  name = "_demo_" + rel.replace("/", "_").removesuffix(".py")
+  for module in list(sys.modules.values()):  # already imported (e.g. `import train`)
+    file = getattr(module, "__file__", None)
+    if file and pathlib.Path(file).resolve() == path.resolve():
+      return module
+  # train.py defines absl flags: it must exist once, under its own name, or a later
+  # `import train` would define them twice.
+  name = path.stem if path.parent == REPO else "_demo_" + rel.replace("/", "_").removesuffix(".py")
   if name not in sys.modules:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)

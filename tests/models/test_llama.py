@@ -82,23 +82,6 @@ def test_cached_decoding_through_every_read_size_equals_full_forward(model_param
   np.testing.assert_allclose(got[mask == 1], np.asarray(full)[mask == 1], atol=2e-5, rtol=2e-5)
 
 
-def test_unrolled_layer_scan_is_the_same_model(model_params):
-  """scan_unroll changes the compiled loop only: same parameters, same outputs, same cache."""
-  m, p = model_params
-  ids, mask, pos = _inputs(t=8)
-  unrolled = llama.Model(llama.get_config("tiny", num_kv_heads=2, scan_unroll=CFG.num_layers))
-  emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
-  for model in (m, unrolled):
-    out = model.apply({"params": p}, emb[:, :5], jnp.asarray(pos[:, :5]),
-                      attn_mask=jnp.asarray(mask[:, :5]), cache=llama.init_cache(CFG, 2, 8))
-    out = model.apply({"params": p}, emb[:, 5:6], jnp.asarray(pos[:, 5:6]),
-                      attn_mask=jnp.asarray(mask[:, 5:6]), cache=out.cache)
-    if model is m:
-      ref = out
-  np.testing.assert_allclose(np.asarray(out.hidden), np.asarray(ref.hidden), atol=1e-6)
-  np.testing.assert_allclose(np.asarray(out.cache.k), np.asarray(ref.cache.k), atol=1e-6)
-
-
 def test_remat_and_tap(model_params):
   _, p = model_params
   ids, _, pos = _inputs()
