@@ -323,8 +323,10 @@ def time_hf_generate(config, grid, n, p, dtype, device, prompt):
     m = modeling_janus.JanusForConditionalGeneration(hf).eval()
   ids = torch.tensor([prompt], device=device)
   kw = dict(generation_mode="image", do_sample=True, guidance_scale=5.0, max_new_tokens=p,
-            pad_token_id=PAD, generation_kwargs={"boi_token_id": prompt[-1]},
-            num_return_sequences=n)
+            pad_token_id=PAD, num_return_sequences=n)
+  # transformers reads the image-start token from the generation config, not from generate()'s
+  # keyword arguments (which it rejects as unused model kwargs).
+  m.generation_config.generation_kwargs = {"boi_token_id": prompt[-1]}
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   @torch.inference_mode()
