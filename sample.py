@@ -148,17 +148,6 @@ def template_family(name: str, model, cfg, path: pathlib.Path, meta) -> str:
   return "janus_pro" if is_pro else "janus"
 
 
-REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
-
-
-def checkpoint_cfg_weight(meta) -> float:
-  """The guidance weight a checkpoint recommends (config.json "sampling"), else the reference's."""
-  w = (meta.get("sampling") or {}).get("cfg_weight", REFERENCE_CFG_WEIGHT)
-  if not isinstance(w, (int, float)) or w < 0:
-    raise UsageError(f"config.json sampling.cfg_weight must be a number >= 0, got {w!r}")
-  return float(w)
-
-
 # --------------------------------------------------------------------------- text-to-image
 
 
@@ -382,7 +371,7 @@ def run(cfg, req: Request) -> int:
                      f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")
   template = template_family(name, model, cfg, path, meta)
   if cfg.t2i.cfg_weight is None:
-    cfg.t2i.cfg_weight = checkpoint_cfg_weight(meta)
+    cfg.t2i.cfg_weight = image_ar.checkpoint_cfg_weight(meta)
   print(f"loaded {name} checkpoint {path} ({template} template, {len(jax.devices())} "
         f"device(s), {time.time() - start:.1f}s)", file=sys.stderr)
   if prompts:

@@ -276,18 +276,37 @@ def _scalars(m: dict) -> dict:
   return {k: round(float(v), 4) for k, v in m.items() if isinstance(v, (int, float))}
 
 
-def _fresh_train_dir(out: pathlib.Path) -> pathlib.Path:
-  """OUT/train, which must not hold an earlier run's stages (train.py would resume them)."""
+def _fresh_train_dir(out: pathlib.Path) -> None:
+  """Refuses an OUT whose OUT/train holds an earlier run's stages (train.py would resume them)."""
   train_dir = out / "train"
   if train_dir.exists() and any(train_dir.iterdir()):
     raise FileExistsError(f"{train_dir} holds an earlier run's stages; use another --out "
                           "(nothing there is overwritten)")
-  return train_dir
+
+
+def train_stages(c, cfg: janus.Config, tok, und: UndSource, gen: GenSource, init: pathlib.Path,
+                 out: pathlib.Path, tokenizer_dir: pathlib.Path, meta: dict, offset: int,
+                 done=None):
+  """Runs `c.stages` back to back, each a train.py run (OUT/train/<name>) initialised from the
+  previous stage's export (OUT/stages/<name>; the first from `init`). `offset` shifts the data
+  and step seeds (continuations draw other batches). Returns (params, last stage's metrics)."""
+  if not c.stages:
+    raise ValueError("the config has no stages to train")
+  train_dir, prev, m = out / "train", init, {}
+  for i, stage in enumerate(c.stages, start=offset):
+    t = time.time()
+    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + i)
+    params, m = run_stage(c, stage, prev, batches, train_dir / stage.name, i)
+    prev = out / "stages" / stage.name
+    export(prev, cfg, params, tokenizer_dir, "float32", meta)
+    if done is not None:
+      done(stage.name, t)
+  return params, m
 
 
 def run(c, out: pathlib.Path) -> dict:
   """Runs the whole recipe into `out`; returns the summary also written to out/summary.json."""
-  train_dir = _fresh_train_dir(out)
+  _fresh_train_dir(out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   times, summary = {}, {}
@@ -335,18 +354,10 @@ def run(c, out: pathlib.Path) -> dict:
           "system_prompt": c.system_prompt,
           "sampling": {"cfg_weight": c.eval.cfg_weight},  # until select_guidance
           "vq_psnr_test": summary["vq_psnr_test"]}
-  # Each stage is a train.py run from the previous stage's exported weights (its init_from).
-  prev = out / "stages" / "init"
-  export(prev, cfg, params, tok_dir, "float32", meta)
-  metrics = {}
-  for i, stage in enumerate(c.stages):
-    t = time.time()
-    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + i)
-    params, metrics[stage.name] = run_stage(c, stage, prev, batches, train_dir / stage.name, i)
-    prev = out / "stages" / stage.name
-    export(prev, cfg, params, tok_dir, "float32", meta)
-    done(stage.name, t)
-  summary["final_metrics"] = _scalars(metrics[c.stages[-1].name])
+  init = out / "stages" / "init"
+  export(init, cfg, params, tok_dir, "float32", meta)
+  params, last = train_stages(c, cfg, tok, und, gen, init, out, tok_dir, meta, 0, done)
+  summary["final_metrics"] = _scalars(last)
 
   t = time.time()
   ckpt = out / "checkpoint"
@@ -372,7 +383,7 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   """More Janus stages (`c.stages`) from an exported checkpoint `init` (e.g. `OUT/checkpoint` of
   `run`), reusing its tokenizer and frozen VQ; exports to OUT/checkpoint and evaluates."""
   from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
-  train_dir = _fresh_train_dir(out)
+  _fresh_train_dir(out)
   out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
   cfg, params = driver.load_converted(init)
@@ -389,16 +400,10 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   extra["continued_from"] = str(init)
   extra["system_prompt"] = c.system_prompt
   extra["sampling"] = {"cfg_weight": c.eval.cfg_weight}
-  metrics, prev = {}, init
-  for i, stage in enumerate(c.stages):
-    batches = make_batches(c, stage, tok, cfg, und, gen, c.seed + 10 + i)
-    params, metrics[stage.name] = run_stage(c, stage, prev, batches, train_dir / stage.name,
-                                            10 + i)
-    prev = out / "stages" / stage.name
-    export(prev, cfg, params, init, "float32", extra)
+  params, last = train_stages(c, cfg, tok, und, gen, init, out, init, extra, 10)
   ckpt = out / "checkpoint"
   summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
-             "final_metrics": _scalars(metrics[c.stages[-1].name]),
+             "final_metrics": _scalars(last),
              "train_seconds": round(time.time() - t0, 1)}
   if c.eval.run:
     summary["cfg_weight"] = select_guidance(ckpt, c)
@@ -414,16 +419,22 @@ def select_guidance(ckpt: pathlib.Path, c) -> float:
   the checkpoint's config.json ("sampling"), where sample.py and ShapesEval read it."""
   from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
   from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
+  from janus_jax.sampling import image_ar  # pylint: disable=g-import-not-at-top
   e = c.eval
+  if not e.cfg_candidates:
+    raise ValueError("eval.cfg_candidates is empty: no guidance weight to choose from")
   items = shapes.gen_items(e.per_category, c.seed, split="validation")
+  loaded = model_adapter.load(str(ckpt))  # read once; each candidate gets a fresh adapter (seed)
   scores = {}
-  for w in e.cfg_candidates:
-    adapter = model_adapter.load(str(ckpt), cfg_weight=float(w), temperature=e.temperature,
-                                 seed=c.seed, image_size=c.image_size)
-    scores[float(w)] = shapes.evaluate(adapter, items, [], c.image_size,
-                                       log=lambda m: None)["gen_overall"]
-    log(f"guidance {w}: validation gen_overall={scores[float(w)]:.3f}")
-  best = max(scores, key=lambda w: (scores[w], -abs(w - 5.0)))  # ties: nearer the reference's
+  for w in map(float, e.cfg_candidates):
+    adapter = model_adapter.ModelAdapter(
+        loaded.model, loaded.params, loaded.tok, cfg_weight=w, temperature=e.temperature,
+        seed=c.seed, image_size=c.image_size, system_prompt=loaded.system_prompt)
+    scores[w] = shapes.evaluate(adapter, items, [], c.image_size,
+                                log=lambda m: None)["gen_overall"]
+    log(f"guidance {w}: validation gen_overall={scores[w]:.3f}")
+  ref = image_ar.REFERENCE_CFG_WEIGHT
+  best = max(scores, key=lambda w: (scores[w], -abs(w - ref)))  # ties: nearer the reference's
   meta_path = ckpt / "config.json"
   meta = json.loads(meta_path.read_text())
   meta["sampling"] = {"cfg_weight": best}
@@ -499,6 +510,8 @@ def main(argv=None) -> int:
                  help="run only step 7 on an exported checkpoint: choose its guidance weight on "
                       "the validation split, then ShapesEval on test (report in --out)")
   args = p.parse_args(argv)
+  if args.evaluate and args.continue_from:
+    p.error("--evaluate and --continue_from are separate runs; give one")
   try:
     c = load_config(args.config, args.set)
   except (FileNotFoundError, ValueError, KeyError, IndexError) as e:

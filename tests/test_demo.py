@@ -19,6 +19,7 @@ from janus_jax.data.shapes import world
 from janus_jax.eval import model_adapter
 from janus_jax.models import janus
 from janus_jax.models import vq
+from janus_jax.sampling import image_ar
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 ASSET = REPO / "assets" / "shapes_demo"
@@ -70,6 +71,12 @@ def test_config_overrides_are_checked():
   assert c.stages[1].steps == 7
 
 
+def test_demo_cli_refuses_two_single_step_modes(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    demo.main(["--out", str(tmp_path), "--evaluate", str(ASSET), "--continue_from", str(ASSET)])
+  assert "--evaluate and --continue_from" in capsys.readouterr().err
+
+
 def test_vq_training_reduces_the_reconstruction_error():
   cfg = vq.Config(codebook_size=32, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
@@ -115,12 +122,12 @@ def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
 def test_checkpoint_recommends_its_guidance_weight():
   """sample.py's --cfg default: the checkpoint's config.json sampling.cfg_weight, else 5."""
   assert sample_config.get_config().t2i.cfg_weight is None
-  assert sample.checkpoint_cfg_weight({}) == 5.0
-  assert sample.checkpoint_cfg_weight({"sampling": {"cfg_weight": 2.5}}) == 2.5
-  with pytest.raises(sample.UsageError, match="cfg_weight"):
-    sample.checkpoint_cfg_weight({"sampling": {"cfg_weight": "high"}})
+  assert image_ar.checkpoint_cfg_weight({}) == 5.0
+  assert image_ar.checkpoint_cfg_weight({"sampling": {"cfg_weight": 2.5}}) == 2.5
+  with pytest.raises(ValueError, match="cfg_weight"):
+    image_ar.checkpoint_cfg_weight({"sampling": {"cfg_weight": "high"}})
   meta = json.loads((ASSET / "config.json").read_text())
-  assert sample.checkpoint_cfg_weight(meta) == meta["sampling"]["cfg_weight"]
+  assert image_ar.checkpoint_cfg_weight(meta) == meta["sampling"]["cfg_weight"]
 
 
 def _demo_config(tmp_path, **chat):

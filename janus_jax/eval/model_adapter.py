@@ -87,9 +87,14 @@ class ModelAdapter:
     return list(ans.texts)
 
 
+FROM_CHECKPOINT = "checkpoint"  # `load(cfg_weight=...)`: the checkpoint's recommended weight
+
+
 def load(path: str, **kw) -> ModelAdapter:
   """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
-  `convert_torch.py`) holding a Janus model and its `tokenizer.json`."""
+  `convert_torch.py`) holding a Janus model and its `tokenizer.json`. The system prompt and,
+  unless `cfg_weight` is given (or is `FROM_CHECKPOINT`), the guidance weight come from its
+  config.json; other keywords go to `ModelAdapter`."""
   from janus_jax.convert import driver  # orbax and the converter only when loading
   path = pathlib.Path(path)
   if not (path / "config.json").is_file():
@@ -99,6 +104,6 @@ def load(path: str, **kw) -> ModelAdapter:
     raise ValueError(f"{path} holds a {type(config).__name__}; ShapesEval needs a Janus model")
   meta = json.loads((path / "config.json").read_text())
   kw.setdefault("system_prompt", chat.checkpoint_system_prompt(meta))
-  if kw.get("cfg_weight", "checkpoint") == "checkpoint":  # its recommendation, else the reference's
-    kw["cfg_weight"] = float((meta.get("sampling") or {}).get("cfg_weight", 5.0))
+  if kw.get("cfg_weight", FROM_CHECKPOINT) == FROM_CHECKPOINT:
+    kw["cfg_weight"] = image_ar.checkpoint_cfg_weight(meta)
   return ModelAdapter(janus.Model(config), params, tokenizer_lib.load(str(path)), **kw)

@@ -265,7 +265,7 @@ def main(argv=None) -> None:
     if ckpt is None:
       p.error("no --checkpoint given and no checkpoint is shipped yet (issue 7); try --oracle")
     try:
-      w = "checkpoint" if args.cfg_weight is None else args.cfg_weight
+      w = model_adapter.FROM_CHECKPOINT if args.cfg_weight is None else args.cfg_weight
       adapter = model_adapter.load(ckpt, cfg_weight=w,
                                    temperature=args.temperature, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:

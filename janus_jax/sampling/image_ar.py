@@ -31,6 +31,18 @@ from janus_jax.models import llama
 from janus_jax.sampling import samplers
 
 
+REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
+
+
+def checkpoint_cfg_weight(meta: dict) -> float:
+  """The guidance weight a checkpoint's config.json recommends ("sampling": {"cfg_weight": w},
+  as the shapes demo records it), else the reference's 5."""
+  w = (meta.get("sampling") or {}).get("cfg_weight", REFERENCE_CFG_WEIGHT)
+  if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+    raise ValueError(f"config.json sampling.cfg_weight must be a number >= 0, got {w!r}")
+  return float(w)
+
+
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
   """Host-side LLM inputs for a guided batch.
