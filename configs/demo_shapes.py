@@ -42,21 +42,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- VQ tokenizer training ---
   c.vq = ml_collections.ConfigDict(dict(
-      steps=3 if smoke else 800, batch_size=4 if smoke else 16, lr=2e-3, warmup=50))
+      steps=3 if smoke else 600, batch_size=4 if smoke else 16, lr=2e-3, warmup=50))
 
-  # --- the three Janus stages (every module trains except the VQ, trained above) ---
+  # --- understanding-encoder pretraining (per-patch scene labels; 0 steps: none) ---
+  c.encoder = ml_collections.ConfigDict(dict(
+      steps=3 if smoke else 300, batch_size=8 if smoke else 64, lr=2e-3, warmup=50))
+
+  # --- the three Janus stages (the LLM, aligners and heads train from scratch) ---
   # Ratios are und : text : gen examples (no pure-text corpus in this world).
-  def stage(name, steps, ratios, lr, warmup):
+  # As in the released recipe (spec 6.2), the pretrained understanding encoder is frozen in
+  # stages 1-2 and trains in stage 3; the VQ never trains.
+  vq_only = (r"gen_vision_model/.*",)
+  both = (r"gen_vision_model/.*", r"vision_model/.*")
+
+  def stage(name, steps, ratios, lr, warmup, frozen):
     return ml_collections.ConfigDict(dict(name=name, steps=steps, ratios=ratios, lr=lr,
-                                          warmup=warmup))
+                                          warmup=warmup, frozen=frozen))
   if smoke:
-    c.stages = [stage("stage1", 2, (1.0, 0.0, 1.0), 1e-3, 1),
-                stage("stage2", 2, (2.0, 0.0, 3.0), 1e-3, 1),
-                stage("stage3", 2, (5.0, 0.0, 4.0), 5e-4, 1)]
+    c.stages = [stage("stage1", 2, (1.0, 0.0, 1.0), 1e-3, 1, both),
+                stage("stage2", 2, (2.0, 0.0, 3.0), 1e-3, 1, both),
+                stage("stage3", 2, (5.0, 0.0, 4.0), 5e-4, 1, vq_only)]
   else:
-    c.stages = [stage("stage1", 200, (1.0, 0.0, 1.0), 1e-3, 50),
-                stage("stage2", 2300, (1.0, 0.0, 2.0), 1.5e-3, 100),
-                stage("stage3", 500, (1.0, 0.0, 1.0), 4e-4, 20)]
+    c.stages = [stage("stage1", 200, (1.0, 0.0, 1.0), 1e-3, 50, both),
+                stage("stage2", 2300, (1.0, 0.0, 2.0), 1.5e-3, 100, both),
+                stage("stage3", 500, (1.0, 0.0, 1.0), 4e-4, 20, vq_only)]
   c.batch_size = 4 if smoke else 12  # packed rows per step
   c.seq_len = 256
   c.max_images_per_row = 2  # understanding images per packed row
@@ -65,7 +74,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ShapesEval read it (`chat.checkpoint_system_prompt`).
   c.system_prompt = ""
   c.caption_dropout = 0.1  # classifier-free guidance needs unconditional rows
-  c.frozen = (r"gen_vision_model/.*",)
   c.log_every = 1 if smoke else 50
 
   # --- export and evaluation ---
@@ -74,5 +82,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       run=not smoke, per_category=20, questions=200, temperature=1.0,
       # Guidance: exported as cfg_weight, then replaced by the candidate with the best
       # generation accuracy on the validation split (`demo.select_guidance`).
-      cfg_weight=5.0, cfg_candidates=(1.5, 2.0, 3.0, 5.0)))
+      cfg_weight=5.0, cfg_candidates=(1.0, 1.5, 2.0, 3.0)))
   return c

@@ -7,6 +7,9 @@ One command, in order (each step prints what it did and how long it took):
   2. tokenizer  a byte-level BPE `tokenizer.json` with the Janus special tokens
   3. vq         a small VQ-16 tokenizer trained on the train images; PSNR on the test split
   4. codes      every train image tokenized once with the frozen VQ (offline codes)
+  4b. encoder   the SigLIP-style understanding encoder pretrained on per-patch scene labels
+                (`janus_jax.vision_training`, the counterpart of SigLIP's own pretraining); then
+                frozen like the VQ
   5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
                 `janus_jax.data.pipeline` (understanding = multi-turn QA about an image,
                 generation = caption -> 64 codes, with caption dropout for guidance); each
@@ -37,12 +40,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from janus_jax import vision_training
 from janus_jax import vq_training
 from janus_jax.data import examples
 from janus_jax.data import pipeline
 from janus_jax.data import tokenizer as tokenizer_lib
 from janus_jax.data.shapes import builder as shapes_builder
 from janus_jax.data.shapes import vocab
+from janus_jax.data.shapes import world as shapes_world
 from janus_jax.models import aligners
 from janus_jax.models import gen_head
 from janus_jax.models import janus
@@ -64,10 +69,12 @@ def log(msg: str) -> None:
 
 @dataclasses.dataclass
 class Split:
-  """One split held in memory: images uint8 (N, S, S, 3), per-record captions and QA pairs."""
+  """One split held in memory: images uint8 (N, S, S, 3), per-record captions, QA pairs and the
+  scene each image renders."""
   images: np.ndarray
   captions: list[list[str]]
   qa: list[list[tuple[str, str]]]
+  scenes: list[shapes_world.Scene]
 
 
 def _text(x) -> str:
@@ -85,7 +92,8 @@ def load_world(data_dir: pathlib.Path, config_name: str, limits: dict) -> dict[s
     out[split] = Split(
         images=np.stack([np.asarray(r["image"], np.uint8) for r in recs]),
         captions=[[_text(c) for c in r["captions"]] for r in recs],
-        qa=[list(zip(map(_text, r["questions"]), map(_text, r["answers"]))) for r in recs])
+        qa=[list(zip(map(_text, r["questions"]), map(_text, r["answers"]))) for r in recs],
+        scenes=[shapes_world.Scene.from_json(_text(r["scene"])) for r in recs])
   return out
 
 
@@ -203,7 +211,7 @@ def stage_config(c, stage, init_from: pathlib.Path, index: int) -> ml_collection
   r.init_from = str(init_from)
   r.data.update(source="demo", batch_size=c.batch_size, seq_len=c.seq_len)
   r.optim.update(lr=stage.lr, warmup_steps=stage.warmup, schedule="warmup_cosine",
-                 total_steps=stage.steps, frozen=tuple(c.frozen))
+                 total_steps=stage.steps, frozen=tuple(stage.frozen))
   r.ckpt.update(every=stage.steps, keep=1, use_async=False)  # the stage's last state only
   r.log_every = c.log_every
   return r
@@ -343,10 +351,26 @@ def run(c, out: pathlib.Path) -> dict:
   done("codes", t)
 
   cfg = model_config(c, max(tok.vocab_size, c.tokenizer.vocab_size))
+  t = time.time()
+  encoder = None
+  if c.encoder.steps:
+    encoder, head = vision_training.train(
+        cfg.vision, world["train"].images, world["train"].scenes, steps=c.encoder.steps,
+        batch_size=c.encoder.batch_size, lr=c.encoder.lr, warmup=c.encoder.warmup, seed=c.seed,
+        log=log, log_every=max(1, c.encoder.steps // 4))
+    acc = vision_training.accuracy(cfg.vision, encoder, head, world["test"].images,
+                                   world["test"].scenes)
+    summary["encoder_patch_accuracy_test"] = {k: round(v, 4) for k, v in acc.items()}
+    log("encoder per-patch accuracy on the test split: "
+        + " ".join(f"{k}={v:.4f}" for k, v in acc.items()))
+  done("encoder", t)
+
   model = janus.Model(cfg)
   params = nn.unbox(model.init(jax.random.key(c.seed), *janus.init_inputs(cfg),
                                method=janus.Model.init_all)["params"])
   params = {**params, "gen_vision_model": vq_params}
+  if encoder is not None:
+    params["vision_model"] = encoder
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
   log(f"model: {n_params / 1e6:.2f}M parameters")
   und, gen = UndSource(world["train"]), GenSource(world["train"], codes)

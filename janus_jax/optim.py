@@ -17,7 +17,9 @@ AdamW with the group's scaled schedule. Gradient accumulation is done in `train_
 so a "step" is always one optimizer update); parameter EMA is `ema_update` below.
 """
 
+import math
 import re
+import time
 from typing import Any, Callable
 
 import jax
@@ -122,6 +124,29 @@ def make(config, params) -> tuple[optax.GradientTransformation, Any, Callable]:
     parts.append(optax.clip_by_global_norm(float(config.grad_clip)))
   parts.append(optax.multi_transform(per_group, labels))
   return optax.chain(*parts), labels, sched
+
+
+def warmup_cosine_adamw(lr: float, steps: int, warmup: int, b2: float = 0.95
+                        ) -> optax.GradientTransformation:
+  """The standalone trainers' optimizer (VQ tokenizer, encoder pretraining): clip the global norm
+  to 1, AdamW without decay, LR warming up linearly for `warmup` steps (at most half the run)
+  then decaying on a cosine to 10% at `steps`."""
+  warm = max(1, min(warmup, steps // 2))
+  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1),
+                                             end_value=0.1 * lr)
+  return optax.chain(optax.clip_by_global_norm(1.0),
+                     optax.adamw(sched, b1=0.9, b2=b2, weight_decay=0.0))
+
+
+def report_step(log: Callable[[str], None], what: str, i: int, steps: int, terms: dict,
+                start: float, digits: int = 4) -> None:
+  """The standalone trainers' log line `<what> step i/steps: k=v ... (Ns)`; raises
+  FloatingPointError naming the step when the loss is not finite."""
+  t = {k: float(v) for k, v in terms.items()}
+  if not math.isfinite(t["loss"]):
+    raise FloatingPointError(f"{what} loss is not finite at step {i}: {t}")
+  log(f"{what} step {i}/{steps}: " + " ".join(f"{k}={v:.{digits}f}" for k, v in t.items())
+      + f" ({time.time() - start:.0f}s)")
 
 
 def ema_update(ema, params, decay: float):

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from janus_jax import optim
 from janus_jax.models import vq
 
 
@@ -68,11 +69,7 @@ def train(config: vq.Config, images: np.ndarray, *, steps: int, batch_size: int 
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   params = params if params is not None else init(config, images.shape[1], seed)
-  warm = max(1, min(warmup, steps // 2))
-  sched = optax.warmup_cosine_decay_schedule(0.0, lr, warm, max(steps, warm + 1),
-                                             end_value=0.1 * lr)
-  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, b1=0.9, b2=0.95,
-                                                               weight_decay=0.0))
+  tx = optim.warmup_cosine_adamw(lr, steps, warmup)
   opt_state = tx.init(params)
   step = make_step(config, tx)
   rng = np.random.default_rng([seed, 11])
@@ -81,11 +78,7 @@ def train(config: vq.Config, images: np.ndarray, *, steps: int, batch_size: int 
     batch = images[rng.integers(0, len(images), batch_size)]
     params, opt_state, terms = step(params, opt_state, to_unit(batch))
     if i % log_every == 0 or i == steps:
-      t = {k: float(v) for k, v in terms.items()}
-      if not np.isfinite(t["loss"]):
-        raise FloatingPointError(f"VQ loss is not finite at step {i}: {t}")
-      log(f"vq step {i}/{steps}: " + " ".join(f"{k}={v:.4f}" for k, v in t.items())
-          + f" ({time.time() - start:.0f}s)")
+      optim.report_step(log, "vq", i, steps, terms, start)
   return params
 
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -45,6 +46,18 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert set(params) == {"vision_model", "aligner", "gen_vision_model", "gen_aligner", "gen_head",
                          "gen_embed", "language_model"}
   assert (ckpt / "tokenizer.json").is_file()
+  # The pretrained understanding encoder went in, stayed frozen through stages 1-2 and trained
+  # in stage 3 (spec 6.2); the VQ never trained.
+  assert set(summary["encoder_patch_accuracy_test"]) == {"colour", "shape", "size", "cell",
+                                                         "background"}
+  stage = {n: driver.load_converted(tmp_path / "run" / "stages" / n)[1]
+           for n in ("init", "stage2", "stage3")}
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(  # noqa: E731
+      jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  assert same(stage["init"]["vision_model"], stage["stage2"]["vision_model"])
+  assert not same(stage["init"]["vision_model"], stage["stage3"]["vision_model"])
+  assert same(stage["init"]["gen_vision_model"], stage["stage3"]["gen_vision_model"])
+  assert not same(stage["init"]["language_model"], stage["stage2"]["language_model"])
   # The exported folder drives the real samplers through the ShapesEval adapter.
   adapter = model_adapter.load(str(ckpt), image_size=64, temperature=0)
   assert adapter.system_prompt == "" and adapter.cfg_weight == c.eval.cfg_weight
