@@ -214,7 +214,8 @@ def evaluate(adapter: Adapter, gen: Sequence[GenItem], und: Sequence[UndItem],
       correct[item.category].append(score(item, analyser.analyse(image), image.shape[0]))
     log(f"generation: {min(start + batch_size, len(gen))}/{len(gen)} prompts")
   results = {c: float(np.mean(v)) for c, v in correct.items() if v}
-  results["gen_overall"] = float(np.mean([results[c] for c in CATEGORIES if c in results]))
+  scored = [results[c] for c in CATEGORIES if c in results]
+  results["gen_overall"] = float(np.mean(scored)) if scored else float("nan")
   hits = []
   for start in range(0, len(und), batch_size):
     chunk = und[start:start + batch_size]
@@ -223,6 +224,12 @@ def evaluate(adapter: Adapter, gen: Sequence[GenItem], und: Sequence[UndItem],
     hits += [text.normalise_answer(p) == text.normalise_answer(u.answer)
              for p, u in zip(preds, chunk)]
   results["und_accuracy"] = float(np.mean(hits)) if hits else float("nan")
+  kinds = [text.question_kind(u.question) for u in und]
+  for kind in text.QUESTION_KINDS:  # a breakdown for diagnosis; und_accuracy is the score
+    got = [h for h, k in zip(hits, kinds) if k == kind]
+    if got:
+      results[f"und_{kind}"] = float(np.mean(got))
+      results[f"und_{kind}_n"] = len(got)
   return results
 
 
@@ -231,6 +238,8 @@ def report(results: dict[str, float]) -> str:
   lines = [f"{c:<20s} {results[c]:.3f}" for c in CATEGORIES if c in results]
   lines.append(f"{'generation overall':<20s} {results['gen_overall']:.3f}")
   lines.append(f"{'understanding':<20s} {results['und_accuracy']:.3f}")
+  lines += [f"  {kind:<18s} {results[f'und_{kind}']:.3f} ({results[f'und_{kind}_n']} questions)"
+            for kind in text.QUESTION_KINDS if f"und_{kind}" in results]
   lines.append(f"gen_overall={results['gen_overall']:.4f} "
                f"und_accuracy={results['und_accuracy']:.4f}")
   return "\n".join(lines)

@@ -118,3 +118,17 @@ def test_command_line_names_a_bad_checkpoint(tmp_path, capsys):
   with pytest.raises(SystemExit):
     shapes.main(["--checkpoint", str(tmp_path / "missing")])
   assert "no config.json" in capsys.readouterr().err
+
+
+def test_understanding_is_broken_down_by_question_kind():
+  und = shapes.und_items(60, 0)
+  adapter = shapes.OracleAdapter([], [u.scene for u in und])
+  results = shapes.evaluate(adapter, [], und, log=lambda m: None)
+  kinds = {text.question_kind(u.question) for u in und}
+  assert kinds <= set(text.QUESTION_KINDS) and len(kinds) >= 5
+  assert sum(results[f"und_{k}_n"] for k in kinds) == 60
+  assert all(results[f"und_{k}"] == 1.0 for k in kinds)  # the oracle answers from the truth
+  report = shapes.report(results).splitlines()
+  assert report[-1].startswith("gen_overall=") and any("questions)" in l for l in report)
+  with pytest.raises(ValueError, match="not in the shapes-world question grammar"):
+    text.question_kind("why is the sky blue?")

@@ -150,25 +150,27 @@ def all_qa(scene: world.Scene, rng: np.random.Generator) -> list[tuple[str, str]
   return [(q, answer(objs, q)) for q in qs]
 
 
-_QUESTIONS = (  # (pattern, answer(objects, *groups)); the first match wins
-    (r"how many shapes are there\?", lambda objs: _number(len(objs))),
-    (r"how many (\w+)s are there\?",
+_QUESTIONS = (  # (kind, pattern, answer(objects, *groups)); the first match wins
+    ("count_shapes", r"how many shapes are there\?", lambda objs: _number(len(objs))),
+    ("count_of_shape", r"how many (\w+)s are there\?",
      lambda objs, s: _number(sum(o.shape == s for o in objs))),
-    (r"how many (\w+) shapes are there\?",
+    ("count_of_colour", r"how many (\w+) shapes are there\?",
      lambda objs, c: _number(sum(o.colour == c for o in objs))),
-    (r"what colour is the (\w+)\?",
+    ("colour_of", r"what colour is the (\w+)\?",
      lambda objs, s: _only([o.colour for o in objs if o.shape == s])),
-    (r"what shape is the (\w+) object\?",
+    ("shape_of", r"what shape is the (\w+) object\?",
      lambda objs, c: _only([o.shape for o in objs if o.colour == c])),
-    (r"where is the (\w+) (\w+)\?",
+    ("where", r"where is the (\w+) (\w+)\?",
      lambda objs, c, s: _only([world.CELL_NAMES[o.cell] for o in objs if o.descriptor == (c, s)])),
-    (r"what size is the (\w+) (\w+)\?",
+    ("size_of", r"what size is the (\w+) (\w+)\?",
      lambda objs, c, s: _only([o.size for o in objs if o.descriptor == (c, s)])),
-    (r"is there an? (\w+) (\w+)\?",
+    ("exists", r"is there an? (\w+) (\w+)\?",
      lambda objs, c, s: "yes" if any(o.descriptor == (c, s) for o in objs) else "no"),
-    (r"is the (\w+) (\w+) (" + "|".join(RELATIONS) + r") the (\w+) (\w+)\?",
+    ("relation", r"is the (\w+) (\w+) (" + "|".join(RELATIONS) + r") the (\w+) (\w+)\?",
      lambda objs, c1, s1, rel, c2, s2: _relation(objs, (c1, s1), rel, (c2, s2))),
 )
+
+QUESTION_KINDS = tuple(k for k, _, _ in _QUESTIONS)
 
 
 def _number(n: int) -> str:
@@ -194,11 +196,22 @@ def answer(objects: Sequence, question: str) -> str:
   `objects` need `colour`, `shape`, `size` and `cell` (scene objects, or the analyser's
   detections of an image). Raises ValueError for a question outside the grammar.
   """
+  _, fn, groups = _parse(question)
+  return fn(list(objects), *groups)
+
+
+def question_kind(question: str) -> str:
+  """The kind of a question of this world's grammar (`QUESTION_KINDS`); ValueError otherwise."""
+  return _parse(question)[0]
+
+
+def _parse(question: str):
+  """(kind, answer function, regex groups) of the first pattern the question matches."""
   q = " ".join(question.lower().split())
-  for pattern, fn in _QUESTIONS:
+  for kind, pattern, fn in _QUESTIONS:
     m = re.fullmatch(pattern, q)
     if m:
-      return fn(list(objects), *m.groups())
+      return kind, fn, m.groups()
   raise ValueError(f"question {question!r} is not in the shapes-world question grammar")
 
 

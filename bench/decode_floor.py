@@ -1,0 +1,77 @@
+"""The floor under one CPU decode step of `sample_bench.py`: its weight GEMMs and nothing else.
+
+  python bench/decode_floor.py                 # "mid" config, 8 and 4 rows, one thread
+
+A decode step of the sampler multiplies every LLM layer's weights (q/k/v/o, gate/up, down) and
+the generation head by a few rows (2 per image with guidance). This times exactly those
+matrix products, with the bench config's shapes, in a jitted `fori_loop` like the sampler's,
+and the time numpy takes to stream the same bytes once. Whatever the sampler spends above the
+GEMM time goes to attention over the cache, norms, RoPE, the embedding and the sampling itself.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--rows", default="8,4", help="LLM rows per step (8 = 4 images with CFG)")
+  ap.add_argument("--steps", type=int, default=64, help="decode steps per timed call")
+  ap.add_argument("--threads", type=int, default=1, help="XLA CPU threads (as sample_bench)")
+  ap.add_argument("--repeats", type=int, default=3, help="timed calls (best counts)")
+  args = ap.parse_args(argv)
+  if args.threads:  # before jax initialises its CPU backend
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false"
+                               f" intra_op_parallelism_threads={args.threads}")
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  sys.path.insert(0, os.path.dirname(__file__))
+  import sample_bench  # noqa: PLC0415
+
+  c = sample_bench.bench_config("mid")
+  d, f, layers = c.llm.hidden_size, c.llm.intermediate_size, c.llm.num_layers
+  attn = c.llm.num_heads * c.llm.head_dim
+  kv = c.llm.num_kv_heads * c.llm.head_dim
+  e, v = c.gen_head.image_token_embed, c.gen_head.image_token_size
+  key = iter(jax.random.split(jax.random.key(0), 8))
+  w = {"qkv": (layers, d, attn + 2 * kv), "o": (layers, attn, d), "gate_up": (layers, d, 2 * f),
+       "down": (layers, f, d), "head0": (d, e), "head1": (e, v)}
+  w = {k: jax.random.normal(next(key), s, jnp.float32) * s[-2] ** -0.5 for k, s in w.items()}
+  nbytes = sum(x.size * 4 for x in w.values())
+
+  def step(w, x):
+    def layer(x, lw):
+      qkv, o, gate_up, down = lw
+      x = x + (x @ qkv)[:, :attn] @ o
+      g = x @ gate_up
+      return x + (jax.nn.silu(g[:, :f]) * g[:, f:]) @ down, None
+    x, _ = jax.lax.scan(layer, x, (w["qkv"], w["o"], w["gate_up"], w["down"]))
+    logits = jax.nn.gelu(x @ w["head0"]) @ w["head1"]
+    return x + 1e-3 * logits[:, :d]
+
+  run = jax.jit(lambda w, x: jax.lax.fori_loop(0, args.steps, lambda i, x: step(w, x), x))
+  host = np.ones(nbytes // 4, np.float32)
+  best = min(_timed(host.sum) for _ in range(args.repeats))
+  print(f"config=mid weights={nbytes / 1e6:.0f} MB threads={args.threads}")
+  print(f"numpy streams the weight bytes once: {best * 1e3:.2f} ms "
+        f"({nbytes / best / 1e9:.1f} GB/s)")
+  for rows in map(int, args.rows.split(",")):
+    x = jnp.ones((rows, d), jnp.float32)
+    jax.block_until_ready(run(w, x))
+    best = min(_timed(lambda: jax.block_until_ready(run(w, x))) for _ in range(args.repeats))
+    print(f"rows={rows}: weight GEMMs only {best / args.steps * 1e3:.2f} ms per decode step")
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+  main()
