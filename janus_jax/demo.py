@@ -8,8 +8,8 @@ One command, in order (each step prints what it did and how long it took):
   3. vq         a small VQ-16 tokenizer trained on the train images; PSNR on the test split
   4. codes      every train image tokenized once with the frozen VQ (offline codes)
   4b. encoder   the SigLIP-style understanding encoder pretrained on per-patch scene labels
-                (`janus_jax.vision_training`, the counterpart of SigLIP's own pretraining); then
-                frozen like the VQ
+                (`janus_jax.vision_training`, the counterpart of SigLIP's own pretraining);
+                frozen in stages 1-2, trained in stage 3 (the VQ stays frozen throughout)
   5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
                 `janus_jax.data.pipeline` (understanding = multi-turn QA about an image,
                 generation = caption -> 64 codes, with caption dropout for guidance); each

@@ -18,6 +18,8 @@ Generation categories (one image per prompt by default; each image scored by the
   colour_attribution  "a red circle and a blue square"    both (colours differ)
 `gen_overall` is the mean of the category accuracies (GenEval's convention); `und_accuracy` is
 exact match of normalised answers (`text.normalise_answer`) to one question per test scene.
+The report also breaks `und_accuracy` down by question kind (`text.QUESTION_KINDS`), for
+diagnosis only.
 
 The model is reached through an adapter with two methods, so anything can be evaluated:
   generate_images(prompts: list[str]) -> uint8 (B, S, S, 3)      (any S; the analyser scales)
