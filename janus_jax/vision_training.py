@@ -88,7 +88,11 @@ def _split_heads(logits):
 
 
 def loss_terms(logits, labels) -> dict:
-  """Mean cross-entropy and accuracy of each head over all patches."""
+  """Mean cross-entropy and accuracy of each head over all patches.
+
+  logits (B, P, sum of HEADS' classes), labels int (B, P, len(HEADS)) -> scalars `ce_<head>`,
+  `acc_<head>` and their summed `loss`.
+  """
   terms = {}
   for k, (name, lg) in enumerate(_split_heads(logits).items()):
     ce = optax.softmax_cross_entropy_with_integer_labels(lg, labels[..., k])
@@ -104,15 +108,21 @@ def pixels(images: np.ndarray) -> np.ndarray:
   return preprocess.normalize(images)
 
 
-def train(config: siglip.Config, images: np.ndarray, scenes: Sequence[world.Scene], *,
-          steps: int, batch_size: int = 64, lr: float = 2e-3, warmup: int = 50, seed: int = 0,
-          log: Callable[[str], None] = print, log_every: int = 100) -> dict:
-  """Trains encoder + head on random batches; returns their params (`vision_model`, `head`)."""
-  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[1] != config.image_size:
-    raise ValueError(f"images must be uint8 (N, {config.image_size}, {config.image_size}, 3), "
-                     f"got {images.dtype} {images.shape}")
+def _check(config: siglip.Config, images: np.ndarray, scenes: Sequence[world.Scene]) -> None:
+  s = config.image_size
+  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[1:] != (s, s, 3):
+    raise ValueError(f"images must be uint8 (N, {s}, {s}, 3), got {images.dtype} {images.shape}")
   if len(scenes) != len(images):
     raise ValueError(f"{len(images)} images but {len(scenes)} scenes")
+
+
+def train(config: siglip.Config, images: np.ndarray, scenes: Sequence[world.Scene], *,
+          steps: int, batch_size: int = 64, lr: float = 2e-3, warmup: int = 50, seed: int = 0,
+          log: Callable[[str], None] = print, log_every: int = 100) -> tuple[dict, dict]:
+  """Trains encoder + head on random batches of `images` (uint8 (N, S, S, 3), S the encoder's
+  image size) labelled from `scenes` (one per image); returns their params (`vision_model`,
+  `head`)."""
+  _check(config, images, scenes)
   if steps < 1:
     raise ValueError(f"steps must be >= 1, got {steps}")
   labels = labels_for(scenes, config.image_size, config.patch_size)
@@ -143,15 +153,19 @@ def train(config: siglip.Config, images: np.ndarray, scenes: Sequence[world.Scen
 
 def accuracy(config: siglip.Config, encoder: dict, head: dict, images: np.ndarray,
              scenes: Sequence[world.Scene], batch_size: int = 128) -> dict[str, float]:
-  """Per-head accuracy over object patches only (background patches are the easy majority)."""
+  """Per-head accuracy on `images` (uint8 (N, S, S, 3)) labelled from `scenes`, over object
+  patches only (background patches are the easy majority), plus `background`: the fraction of
+  background patches predicted as such."""
+  _check(config, images, scenes)
   labels = labels_for(scenes, config.image_size, config.patch_size)
   model = Pretrainer(config)
   fn = jax.jit(lambda x: model.apply({"params": {"vision_model": encoder, "head": head}}, x))
   logits = np.concatenate([np.asarray(fn(pixels(images[i:i + batch_size])))
                            for i in range(0, len(images), batch_size)])
+  heads = _split_heads(logits)
   on = labels[..., 0] > 0
   out = {}
-  for k, (name, lg) in enumerate(_split_heads(logits).items()):
+  for k, (name, lg) in enumerate(heads.items()):
     out[name] = float((lg.argmax(-1) == labels[..., k])[on].mean())
-  out["background"] = float((_split_heads(logits)["colour"].argmax(-1) == 0)[~on].mean())
+  out["background"] = float((heads["colour"].argmax(-1) == 0)[~on].mean())
   return out

@@ -67,3 +67,7 @@ def test_pretraining_names_bad_input():
     vision_training.train(CFG, images, scenes[:3], steps=1)
   with pytest.raises(ValueError, match="uint8"):
     vision_training.train(CFG, images.astype(np.float32), scenes, steps=1)
+  with pytest.raises(ValueError, match=r"uint8 \(N, 32, 32, 3\)"):
+    vision_training.train(CFG, images[..., :2], scenes, steps=1)
+  with pytest.raises(ValueError, match="4 images but 3 scenes"):
+    vision_training.accuracy(CFG, {}, {}, images, scenes[:3])
