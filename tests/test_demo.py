@@ -34,6 +34,7 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   summary = demo.run(c, tmp_path / "run")
   ckpt = tmp_path / "run" / "checkpoint"
   assert np.isfinite(summary["vq_psnr_test"]) and np.isfinite(summary["final_metrics"]["loss"])
+  assert 0.0 <= summary["vq_readable_test"] <= 1.0
   assert summary["final_metrics"]["tokens_und"] > 0 and summary["final_metrics"]["tokens_gen"] > 0
   meta = json.loads((ckpt / "config.json").read_text())
   assert meta["family"] == "janus" and meta["image_size"] == 64
@@ -100,6 +101,36 @@ def test_vq_training_reduces_the_reconstruction_error():
   assert vq_training.psnr(cfg, params, images) > before + 3.0
   codes = vq_training.encode(cfg, params, images)
   assert codes.shape == (8, 16 * 16) and codes.dtype == np.int32 and codes.max() < 32
+
+
+def test_dead_code_restart_moves_only_the_dead_rows_onto_latents():
+  cfg = vq.Config(codebook_size=16, codebook_dim=4, z_channels=8, base_channels=8,
+                  ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+  params = vq_training.init(cfg, 32)
+  before = np.asarray(params["quantize"]["embedding"])
+  latents = np.asarray([[3.0, 0, 0, 0], [0, 0, -2.0, 0]], np.float32)
+  out = vq_training.restart_dead_codes(params, np.array([1, 5]), latents,
+                                       np.random.default_rng(0))
+  after = np.asarray(out["quantize"]["embedding"])
+  np.testing.assert_array_equal(np.asarray(params["quantize"]["embedding"]), before)  # unchanged
+  keep = np.setdiff1d(np.arange(16), [1, 5])
+  np.testing.assert_array_equal(after[keep], before[keep])
+  for row in after[[1, 5]]:  # within the 1% noise of one of the normalised latents
+    assert min(np.abs(row - t).max() for t in ([1, 0, 0, 0], [0, 0, -1, 0])) < 0.05
+
+
+def test_dead_code_restarts_keep_more_of_the_codebook_in_use():
+  cfg = vq.Config(codebook_size=64, codebook_dim=4, z_channels=8, base_channels=8,
+                  ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+  images = world.render_batch(list(world.split_scenes("train", 16)), 32)
+  used = {}
+  for every in (0, 5):
+    params = vq_training.train(cfg, images, steps=30, batch_size=8, lr=3e-3, warmup=2,
+                               restart_every=every, log=lambda m: None)
+    used[every] = len(np.unique(vq_training.encode(cfg, params, images)))
+  assert used[5] > used[0], used
+  with pytest.raises(ValueError, match="restart_every"):
+    vq_training.train(cfg, images, steps=3, restart_every=-1)
 
 
 # --------------------------------------------------------------------------- shipped checkpoint

@@ -399,11 +399,19 @@ class Model(nn.Module):
       (total scalar, dict of float32 scalars `reconstruction` (mean squared error),
       `codebook`, `commitment`). Perceptual / adversarial terms are left to the trainer.
     """
-    quant, _, losses = self.quantize_with_losses(pixels)
+    total, (terms, _, _) = self.loss_and_codes(pixels)
+    return total, terms
+
+  def loss_and_codes(self, pixels: jax.Array):
+    """`loss` plus what the trainer's dead-code restarts need: (total, (terms, codes (B, P),
+    latents (B, h, w, E) the codes were chosen for, before normalisation))."""
+    self._check_pixels(pixels)
+    z = self.quant_conv(self.encoder(pixels))
+    quant, codes, losses = self.quantize(z)
     recon = self.decode(quant).astype(jnp.float32)
     terms = {"reconstruction": jnp.mean(jnp.square(recon - pixels.astype(jnp.float32))),
              **losses}
-    return sum(terms.values()), terms
+    return sum(terms.values()), (terms, codes, z)
 
   def init_all(self, pixels: jax.Array) -> jax.Array:
     """Touches every parameter (for `init`): (B, H, W, 3) -> reconstruction (B, H, W, 3)."""
