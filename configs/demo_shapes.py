@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                         vq_base=8, vq_z=16))
 
   # --- VQ tokenizer training ---
-  # Small batches and dead-code restarts (`vq_training`). Share of 300 test scenes the analyser
+  # Small batches and dead-code restarts (`vq_training`). Share of 300 held-out scenes the analyser
   # reads exactly after a round trip through the codes: 600 steps x 16 images without restarts
   # 0.40 (95 of 512 codes in use; small squares and diamonds came back as circles); with
   # restarts every 25 steps 0.51; 1200 x 8 with restarts every 50 steps 0.78 (same compute);
