@@ -222,7 +222,13 @@ class Reporter:
     self.last: dict[str, Any] = {}
 
   def step(self, step: int, metrics: dict, lr: float) -> dict:
-    """Records host metrics of `step`; returns them with throughput added."""
+    """Records host metrics of `step`; returns them with throughput added.
+
+    Throughput is the mean since the last logged step (a multiple of `every`), not since the
+    previous call: where a backend runs steps synchronously (CPU), train.py reads a step's
+    metrics only after the next one ran, and at a checkpoint or the last step two reports
+    come back to back, so a per-call interval would be near zero there and double after.
+    """
     now = time.perf_counter()
     out = {k: float(np.asarray(v)) for k, v in metrics.items()}
     out["lr"] = float(lr)
@@ -231,7 +237,8 @@ class Reporter:
       out["tokens_per_s"] = self.tokens_per_step / dt
       out["mfu"] = out["tokens_per_s"] * self.fpt / self.peak
       out["step_time_s"] = dt
-    self._t, self._step = now, step
+    if self._t is None or step % self.every == 0:
+      self._t, self._step = now, step
     self.last = out
     self.bar.update(step - self.bar.n)
     if step % self.every == 0:

@@ -133,3 +133,18 @@ def test_ema_update_keeps_float32_and_moves_toward_params():
   out = optim.ema_update(ema, params, 0.9)
   assert out["w"].dtype == jnp.float32
   np.testing.assert_allclose(out["w"], 0.1)
+
+
+def test_reporter_throughput_survives_back_to_back_reports(monkeypatch):
+  # One step per second, except that step 10 is reported right after step 9, as train.py
+  # does on a synchronous backend at the last step: the mean over the logged window holds.
+  clock = iter([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 9.001])
+  monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+  r = metrics.Reporter(None, total_steps=10, start_step=0, tokens_per_step=100,
+                       flops_per_token=1.0, every=5)
+  out = [r.step(i, {"loss": 1.0}, 0.1) for i in range(1, 11)]
+  r.close()
+  assert "step_time_s" not in out[0]
+  assert out[4]["step_time_s"] == pytest.approx(1.0)  # steps 2-5 since the first report
+  assert out[9]["step_time_s"] == pytest.approx(4.001 / 5)  # since step 5, not since step 9
+  assert out[9]["tokens_per_s"] == pytest.approx(100 / (4.001 / 5))
