@@ -150,13 +150,14 @@ def vq_config(c) -> vq.Config:
                    num_res_blocks=m.vq_res_blocks, norm_groups=m.vq_norm_groups)
 
 
-def vq_readable(vcfg: vq.Config, vq_params, split: Split) -> float:
-  """Fraction of `split`'s scenes that ShapesEval's analyser reads exactly (every object's
-  colour, shape, size and cell) from their VQ reconstructions: the ceiling the tokenizer puts
-  on generation accuracy."""
-  recon = vq_training.reconstruct(vcfg, vq_params, split.images)
+def vq_readable(recon: np.ndarray, scenes: list[shapes_world.Scene]) -> float:
+  """Fraction of `scenes` that ShapesEval's analyser reads exactly (every object's colour, shape,
+  size and cell) from their VQ reconstructions `recon` (uint8 (N, S, S, 3), one per scene): the
+  ceiling the tokenizer puts on generation accuracy."""
+  if len(recon) != len(scenes):
+    raise ValueError(f"{len(recon)} reconstructions but {len(scenes)} scenes")
   return float(np.mean([analyser.matches_scene(analyser.analyse(r), s)
-                        for r, s in zip(recon, split.scenes)]))
+                        for r, s in zip(recon, scenes)]))
 
 
 def model_config(c, vocab_size: int) -> janus.Config:
@@ -351,8 +352,9 @@ def run(c, out: pathlib.Path) -> dict:
                                 batch_size=c.vq.batch_size, lr=c.vq.lr, warmup=c.vq.warmup,
                                 restart_every=c.vq.restart_every, seed=c.seed, log=log,
                                 log_every=max(1, c.vq.steps // 10))
-  summary["vq_psnr_test"] = round(vq_training.psnr(vcfg, vq_params, world["test"].images), 2)
-  summary["vq_readable_test"] = round(vq_readable(vcfg, vq_params, world["test"]), 4)
+  recon = vq_training.reconstruct(vcfg, vq_params, world["test"].images)
+  summary["vq_psnr_test"] = round(vq_training.psnr_of(recon, world["test"].images), 2)
+  summary["vq_readable_test"] = round(vq_readable(recon, world["test"].scenes), 4)
   log(f"VQ reconstruction PSNR on the test split: {summary['vq_psnr_test']:.2f} dB; the analyser "
       f"reads {summary['vq_readable_test']:.1%} of the reconstructed test scenes exactly")
   done("vq", t)

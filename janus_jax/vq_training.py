@@ -9,9 +9,10 @@ flat background). Images arrive as uint8 (B, S, S, 3) and are mapped to [-1, 1],
 
 Dead codes are restarted: trained from scratch, the codebook collapses (the demo's earlier
 recipe, 600 steps of 16 images, used 95 of its 512 codes on 300 held-out scenes, and small
-squares and diamonds came back as circles). Every `restart_every` steps, during the first `restart_until` of training, each code no
-batch chose since the last check is moved onto a random latent of the current batch (the usual
-k-means-style re-seeding); the optimizer state is left as it is.
+squares and diamonds came back as circles). Every `restart_every` steps, during the first
+`restart_until` of training, each code no batch chose since the last check is moved onto a
+random latent of the current batch (the usual k-means-style re-seeding); the optimizer state is
+left as it is.
 
     params = vq_training.train(vq_cfg, images, steps=1500, batch_size=32, lr=1e-3)
     print(vq_training.psnr(vq_cfg, params, test_images))
@@ -149,6 +150,13 @@ def reconstruct(config: vq.Config, params: dict, images: np.ndarray, batch_size:
 
 def psnr(config: vq.Config, params: dict, images: np.ndarray) -> float:
   """Mean over images of the per-image PSNR (dB, peak 255) of the uint8 reconstructions."""
-  recon = reconstruct(config, params, images).astype(np.float64)
+  return psnr_of(reconstruct(config, params, images), images)
+
+
+def psnr_of(recon: np.ndarray, images: np.ndarray) -> float:
+  """`psnr` of reconstructions already made: uint8 (N, S, S, 3) each."""
+  if recon.shape != images.shape:
+    raise ValueError(f"reconstructions {recon.shape} and images {images.shape} differ in shape")
+  recon = recon.astype(np.float64)
   mse = np.mean(np.square(recon - images.astype(np.float64)), axis=(1, 2, 3))
   return float(np.mean(10.0 * np.log10(255.0 ** 2 / np.maximum(mse, 1e-10))))

@@ -103,6 +103,19 @@ def test_vq_training_reduces_the_reconstruction_error():
   assert codes.shape == (8, 16 * 16) and codes.dtype == np.int32 and codes.max() < 32
 
 
+def test_vq_readable_and_psnr_of_take_reconstructions_made_once():
+  scenes = list(world.split_scenes("test", 10))
+  images = world.render_batch(scenes)
+  assert demo.vq_readable(images, scenes) >= 0.9  # the analyser reads clean renders
+  assert demo.vq_readable(np.full_like(images, 235), scenes) == 0.0  # blank: nothing read
+  noisy = np.clip(images.astype(int) + 8, 0, 255).astype(np.uint8)
+  assert vq_training.psnr_of(noisy, images) < vq_training.psnr_of(images, images)
+  with pytest.raises(ValueError, match="10 reconstructions but 9 scenes"):
+    demo.vq_readable(images, scenes[:9])
+  with pytest.raises(ValueError, match="differ in shape"):
+    vq_training.psnr_of(images[:9], images)
+
+
 def test_dead_code_restart_moves_only_the_dead_rows_onto_latents():
   cfg = vq.Config(codebook_size=16, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)

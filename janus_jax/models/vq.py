@@ -351,10 +351,14 @@ class Model(nn.Module):
       raise ValueError(f"image size {pixels.shape[1]}x{pixels.shape[2]} is not divisible by the "
                        f"VQ downsample factor {f}")
 
+  def latents(self, pixels: jax.Array) -> jax.Array:
+    """(B, H, W, 3) pixels in [-1, 1] -> (B, h, w, E) `quant_conv` latents, before lookup."""
+    self._check_pixels(pixels)
+    return self.quant_conv(self.encoder(pixels))
+
   def quantize_with_losses(self, pixels: jax.Array):
     """(B, H, W, 3) pixels in [-1, 1] -> (quant (B, h, w, E), codes (B, P), losses dict)."""
-    self._check_pixels(pixels)
-    return self.quantize(self.quant_conv(self.encoder(pixels)))
+    return self.quantize(self.latents(pixels))
 
   def encode(self, pixels: jax.Array):
     """Tokenises images.
@@ -405,8 +409,7 @@ class Model(nn.Module):
   def loss_and_codes(self, pixels: jax.Array):
     """`loss` plus what the trainer's dead-code restarts need: (total, (terms, codes (B, P),
     latents (B, h, w, E) the codes were chosen for, before normalisation))."""
-    self._check_pixels(pixels)
-    z = self.quant_conv(self.encoder(pixels))
+    z = self.latents(pixels)
     quant, codes, losses = self.quantize(z)
     recon = self.decode(quant).astype(jnp.float32)
     terms = {"reconstruction": jnp.mean(jnp.square(recon - pixels.astype(jnp.float32))),
