@@ -2,7 +2,7 @@
 
     sources (und, text, gen) --Mixture(ratios)--> IndexSampler (shuffle, shard per host, seed)
       --RandomMap(examples.Builder) in worker processes--> per-example dicts or {"bad": reason}
-      --main process: skip+count bad, greedy packing--> fixed-shape batches
+      --main process: skip+count bad, first-fit packing--> fixed-shape batches
 
 Batch format (what `next(iterator)` returns; B = `batch_size` rows on this host, L = `seq_len`,
 M = `max_images_per_row`, S = `image_size`, P' = slots per image = P (Janus) or P + 1

@@ -108,6 +108,35 @@ def test_packing_never_crosses_examples(tok):
     np.testing.assert_array_equal(b["images_seq_mask"].sum(1), b["images_emb_mask"].sum((1, 2)))
 
 
+def _example(t, n_images=0, first=1):
+  ids = np.arange(first, first + t, dtype=np.int32)
+  z = np.zeros(t, bool)
+  return {"kind": mixture.TEXT, "input_ids": ids, "targets": ids, "text_loss": ~z,
+          "image_loss": z, "images_seq_mask": z, "gen_mask": z,
+          "image_codes": np.zeros(t, np.int32), "pixels": np.ones((n_images, S, S, 3), np.float32)}
+
+
+def test_packing_is_first_fit_over_the_rows():
+  b = packing.BatchBuilder(rows=2, seq_len=10, max_images=1, slots_per_image=P, image_size=S,
+                           pad_id=0)
+  assert b.add(_example(6, first=100))  # row 0: 6 of 10
+  assert b.add(_example(6, first=200))  # misses row 0: row 1
+  assert b.add(_example(4, first=300))  # back into row 0's gap
+  assert b.add(_example(3, 1, first=400))  # row 0 is full: row 1, its image too
+  assert not b.add(_example(2, 1, first=500))  # row 1 has room for tokens, not for a 2nd image
+  assert b.add(_example(1, first=600))  # no image: row 1's last slot
+  assert not b.add(_example(1))  # nothing left anywhere
+  out = b.finish()
+  np.testing.assert_array_equal(out["input_ids"][0], list(range(100, 106)) + list(range(300, 304)))
+  np.testing.assert_array_equal(out["input_ids"][1], list(range(200, 206)) + [400, 401, 402, 600])
+  np.testing.assert_array_equal(out["segment_ids"], [[1] * 6 + [2] * 4, [1] * 6 + [2] * 3 + [3]])
+  np.testing.assert_array_equal(out["positions"][0], list(range(6)) + list(range(4)))
+  np.testing.assert_array_equal(out["images_emb_mask"][:, 0].all(-1), [False, True])
+  assert b.examples == 5 and b.tokens == 20
+  with pytest.raises(ValueError, match="can never fit"):
+    b.add(_example(11))
+
+
 def test_mixture_hits_ratios():
   mix = mixture.Mixture([range(1000), range(50), range(300)], (5, 1, 4))
   assert mix.counts == (5, 1, 4) and len(mix) == 2000  # und needs the most periods: 1000 / 5
