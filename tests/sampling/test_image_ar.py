@@ -5,6 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from janus_jax import train_steps
+from janus_jax.data import chat
+from janus_jax.data import examples
+from janus_jax.data import mixture
+from janus_jax.data import packing
+from janus_jax.data import synthetic
 from janus_jax.parity import sampling_cases
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
@@ -74,6 +80,41 @@ def test_seed_reproduces_and_changes(janus_fixture):
   assert (a.codes != c.codes).any()
   assert (a.codes[0] != a.codes[1]).any()  # the images of one prompt differ from each other
   assert a.images.shape == (4, 64, 64, 3) and a.images.dtype == np.uint8
+
+
+def test_sampler_logits_equal_the_training_paths_on_its_codes(janus_fixture):
+  """What training fits is what sampling draws from: prompts of the training grammar, built into
+  generation examples and packed three to a row by the training pipeline, give through the
+  training forward (`train_steps`) the sampler's per-step logits on the codes it drew."""
+  _, model, params = janus_fixture
+  tok = synthetic.tiny_tokenizer()
+  cfg = synthetic.tiny_config(image_tokens=P, image_size=64, caption_dropout=0.0)
+  captions = ["a red circle", "two blue squares and a green triangle", "a square"]
+  ids = [[int(x) for x in tok.encode(chat.t2i_prompt("janus_pro", c))] for c in captions]
+  pb = image_ar.prompt_batch(ids, 1, tok.special.pad, guided=False)
+  codes, logits = image_ar.sample_codes(
+      model, params, pb.tokens, pb.mask, pb.positions, jax.random.key(0), 1.0,
+      sampler=samplers.Greedy(), num_tokens=P, guided=False, return_logits=True)
+  builder = examples.Builder(tok, cfg.example)
+  rows = packing.BatchBuilder(rows=1, seq_len=128, max_images=1, slots_per_image=P,
+                              image_size=64, pad_id=tok.special.pad)
+  for c, code in zip(captions, np.asarray(codes)):
+    assert rows.add(builder((mixture.GEN, {"caption": c, "codes": code}),
+                            np.random.default_rng(0)))
+  batch = jax.tree.map(jnp.asarray, rows.finish())
+  assert int(batch["segment_ids"].max()) == 3
+
+  def teacher_forced(module, batch):
+    embeds = module.embed_text(batch["input_ids"])
+    embeds = jnp.where(batch["gen_mask"][..., None],
+                       module.embed_image_codes(batch["image_codes"]), embeds)
+    return module.gen_logits(train_steps._llm(module, embeds, batch).hidden)  # noqa: SLF001
+
+  train_logits = model.apply({"params": params}, batch, method=teacher_forced)[0]
+  at = np.flatnonzero(np.asarray(batch["image_loss"][0]))
+  np.testing.assert_array_equal(np.asarray(batch["targets"][0])[at], np.asarray(codes).ravel())
+  np.testing.assert_allclose(np.asarray(train_logits)[at].reshape(logits.shape), logits,
+                             atol=2e-4, rtol=2e-4)
 
 
 def test_uint8_conversion_truncates_like_reference():
