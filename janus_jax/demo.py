@@ -216,7 +216,8 @@ def stage_config(c, stage, init_from: pathlib.Path, index: int) -> ml_collection
   the model and weights of `init_from` (an exported checkpoint), one device."""
   common = _repo_module("configs/train_common.py")
   r = common.base(ml_collections.ConfigDict(dict(
-      family="janus", dtype="float32", param_dtype="float32", remat_policy="none")))
+      family="janus", dtype="float32", param_dtype="float32",
+      remat_policy=c.get("remat_policy", "none"))))
   r.seed = c.seed + 100 + index
   r.total_steps = stage.steps
   r.mesh = (1, 1, 1)
