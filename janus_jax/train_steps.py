@@ -105,15 +105,22 @@ def _llm(module, embeds, batch, **kw):
   return module.llm(embeds, batch["positions"], attn_mask=seg > 0, segment_ids=seg, **kw)
 
 
-def janus_terms(module, batch) -> dict:
-  """Loss sums for Janus / Janus-Pro (bound method of `janus.Model`)."""
+def janus_logits(module, batch):
+  """The training forward of Janus / Janus-Pro (bound method of `janus.Model`) on a packed batch:
+  text logits (B, L, V) and generation logits (B, L, image codebook), the latter None when the
+  batch has no `image_loss`."""
   embeds = _understanding_embeds(module, batch)
   if "image_codes" in batch:
     codes = module.embed_image_codes(batch["image_codes"]).astype(embeds.dtype)
     embeds = jnp.where(batch["gen_mask"][..., None], codes, embeds)
   hidden = _llm(module, embeds, batch).hidden
   gen_logits = module.gen_logits(hidden) if "image_loss" in batch else None
-  return ce_terms(module.text_logits(hidden), gen_logits, batch)
+  return module.text_logits(hidden), gen_logits
+
+
+def janus_terms(module, batch) -> dict:
+  """Loss sums for Janus / Janus-Pro (bound method of `janus.Model`)."""
+  return ce_terms(*janus_logits(module, batch), batch)
 
 
 def llm_terms(module, batch) -> dict:

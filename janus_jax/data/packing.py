@@ -38,7 +38,7 @@ class BatchBuilder:
   def __init__(self, rows: int, seq_len: int, max_images: int, slots_per_image: int,
                image_size: int, pad_id: int, flow_images: int = 0,
                latent_shape: tuple[int, ...] = (), flow_pixels: bool = False):
-    self.rows, self.seq_len, self.max_images = rows, seq_len, max_images
+    self.seq_len, self.max_images = seq_len, max_images
     self.flow_images = flow_images
     b, l = rows, seq_len
     self.batch = {

@@ -85,10 +85,12 @@ def test_seed_reproduces_and_changes(janus_fixture):
 def test_sampler_logits_equal_the_training_paths_on_its_codes(janus_fixture):
   """What training fits is what sampling draws from: prompts of the training grammar, built into
   generation examples and packed three to a row by the training pipeline, give through the
-  training forward (`train_steps`) the sampler's per-step logits on the codes it drew."""
+  training forward (`train_steps.janus_logits`, what `janus_terms` takes its loss from) the
+  sampler's per-step logits on the codes it drew."""
   _, model, params = janus_fixture
   tok = synthetic.tiny_tokenizer()
-  cfg = synthetic.tiny_config(image_tokens=P, image_size=64, caption_dropout=0.0)
+  und_size = model.config.vision.image_size  # the (unused) understanding image slots' side
+  cfg = synthetic.tiny_config(image_tokens=P, image_size=und_size, caption_dropout=0.0)
   captions = ["a red circle", "two blue squares and a green triangle", "a square"]
   ids = [[int(x) for x in tok.encode(chat.t2i_prompt("janus_pro", c))] for c in captions]
   pb = image_ar.prompt_batch(ids, 1, tok.special.pad, guided=False)
@@ -97,20 +99,14 @@ def test_sampler_logits_equal_the_training_paths_on_its_codes(janus_fixture):
       sampler=samplers.Greedy(), num_tokens=P, guided=False, return_logits=True)
   builder = examples.Builder(tok, cfg.example)
   rows = packing.BatchBuilder(rows=1, seq_len=128, max_images=1, slots_per_image=P,
-                              image_size=64, pad_id=tok.special.pad)
+                              image_size=und_size, pad_id=tok.special.pad)
   for c, code in zip(captions, np.asarray(codes)):
     assert rows.add(builder((mixture.GEN, {"caption": c, "codes": code}),
                             np.random.default_rng(0)))
   batch = jax.tree.map(jnp.asarray, rows.finish())
   assert int(batch["segment_ids"].max()) == 3
-
-  def teacher_forced(module, batch):
-    embeds = module.embed_text(batch["input_ids"])
-    embeds = jnp.where(batch["gen_mask"][..., None],
-                       module.embed_image_codes(batch["image_codes"]), embeds)
-    return module.gen_logits(train_steps._llm(module, embeds, batch).hidden)  # noqa: SLF001
-
-  train_logits = model.apply({"params": params}, batch, method=teacher_forced)[0]
+  _, gen_logits = model.apply({"params": params}, batch, method=train_steps.janus_logits)
+  train_logits = gen_logits[0]
   at = np.flatnonzero(np.asarray(batch["image_loss"][0]))
   np.testing.assert_array_equal(np.asarray(batch["targets"][0])[at], np.asarray(codes).ravel())
   np.testing.assert_allclose(np.asarray(train_logits)[at].reshape(logits.shape), logits,
