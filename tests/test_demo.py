@@ -132,6 +132,24 @@ def test_dead_code_restart_moves_only_the_dead_rows_onto_latents():
     assert min(np.abs(row - t).max() for t in ([1, 0, 0, 0], [0, 0, -1, 0])) < 0.05
 
 
+def test_dead_codes_restart_on_the_latents_the_codebook_represents_worst():
+  """k-means++ seeding: latents a live code already matches are never drawn, so a batch that is
+  mostly background does not pull the restarts onto the background."""
+  cfg = vq.Config(codebook_size=4, codebook_dim=2, z_channels=8, base_channels=8,
+                  ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+  params = vq_training.init(cfg, 32)
+  emb = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]], np.float32)
+  params = {**params, "quantize": {**params["quantize"], "embedding": emb}}
+  background = np.tile([[2.0, 0.0]], (999, 1))  # code 0 exactly, after normalisation
+  latents = np.concatenate([background, [[-1.0, 0.0]]]).astype(np.float32)
+  out = vq_training.restart_dead_codes(params, np.array([2, 3]), latents,
+                                       np.random.default_rng(0))
+  after = np.asarray(out["quantize"]["embedding"])
+  np.testing.assert_array_equal(after[:2], emb[:2])
+  for row in after[2:]:
+    assert np.abs(row - [-1.0, 0.0]).max() < 0.05, after
+
+
 def test_dead_code_restarts_keep_more_of_the_codebook_in_use():
   cfg = vq.Config(codebook_size=64, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
