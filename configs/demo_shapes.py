@@ -40,8 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       vision_width=128, vision_depth=2, vision_heads=4, patch_size=8,
       hidden=192, intermediate=512, layers=4, heads=6, head_dim=32,
-      codebook_size=512 if old else 128, codebook_dim=8, vq_base=16, vq_ch_mult=(1, 2, 4, 4), vq_z=64,
-      vq_res_blocks=1, vq_norm_groups=8))
+      codebook_size=512 if old else 128, codebook_dim=8, vq_base=16, vq_ch_mult=(1, 2, 4, 4),
+      vq_z=64, vq_res_blocks=1, vq_norm_groups=8))
   if smoke:
     c.model.update(dict(vision_width=32, vision_depth=1, vision_heads=2, hidden=32,
                         intermediate=64, layers=1, heads=2, head_dim=16, codebook_size=64,
