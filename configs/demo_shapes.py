@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if collapsed:
     c.vq.update(dict(steps=600, batch_size=16, restart_every=0))
   if restarts:
-    c.vq.update(dict(steps=1600, batch_size=8, restart_every=50))
+    c.vq.steps = 1600
   if smoke:
     c.vq.update(dict(steps=3, batch_size=4, restart_every=1))
 

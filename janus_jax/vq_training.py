@@ -79,8 +79,8 @@ def restart_dead_codes(params: dict, dead: np.ndarray, latents: np.ndarray,
   if len(dead) == 0:
     return params
   emb = np.array(params["quantize"]["embedding"])
-  unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-  latents = unit(np.asarray(latents, np.float32))
+  unit = lambda x: np.asarray(vq.l2_normalize(jnp.asarray(x, jnp.float32)))
+  latents = unit(latents)
   live = np.setdiff1d(np.arange(len(emb)), dead)
   if len(live):
     d2 = np.maximum(2.0 - 2.0 * (latents @ unit(emb[live]).T).max(-1), 0.0).astype(np.float64)
