@@ -235,7 +235,8 @@ def make_batches(c, stage, tok, model_cfg: janus.Config, und: UndSource, gen: Ge
   ex = examples.Config(family=c.family, seq_len=c.seq_len,
                        max_images_per_row=c.max_images_per_row,
                        image_tokens=model_cfg.image_tokens, image_size=c.image_size,
-                       caption_dropout=c.caption_dropout, system_prompt=c.system_prompt)
+                       caption_dropout=c.caption_dropout, system_prompt=c.system_prompt,
+                       independent_turns=c.independent_turns)
   cfg = pipeline.Config(example=ex, ratios=tuple(stage.ratios), batch_size=c.batch_size,
                         seed=seed)
   sources = [und if stage.ratios[0] else None, None, gen if stage.ratios[2] else None]

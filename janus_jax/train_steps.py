@@ -102,7 +102,8 @@ def _understanding_embeds(module, batch):
 
 def _llm(module, embeds, batch, **kw):
   seg = batch["segment_ids"]
-  return module.llm(embeds, batch["positions"], attn_mask=seg > 0, segment_ids=seg, **kw)
+  return module.llm(embeds, batch["positions"], attn_mask=seg > 0, segment_ids=seg,
+                    branch_ids=batch.get("branch_ids"), **kw)
 
 
 def janus_logits(module, batch):

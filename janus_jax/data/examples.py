@@ -58,6 +58,10 @@ class Config:
   caption_dropout: probability of replacing a generation prompt by pads (CFG training).
   gen_eoi: append `<end_of_image>` after the codes (no loss on it).
   system_prompt: system prompt of understanding conversations ("" for none).
+  independent_turns: an understanding record of several (question, answer) pairs without
+    explicit image tags becomes one single-question conversation per pair, packed as branches of
+    their shared prefix (`_branched`), instead of one multi-turn chat whose later questions can
+    be answered from the earlier turns' text rather than from the image.
   """
   family: str = "janus_pro"
   seq_len: int = 4096
@@ -67,6 +71,7 @@ class Config:
   caption_dropout: float = 0.1
   gen_eoi: bool = False
   system_prompt: str = chat.SYSTEM_PROMPT
+  independent_turns: bool = False
   # JanusFlow generation: Q latent tokens (576 for 48x48 latents), latent shape, images per row,
   # and whether to ship the clean image for REPA.
   flow_tokens: int = 576
@@ -175,9 +180,12 @@ class Builder:
       raise Bad("no_assistant_turn", f"{len(messages)} turns")
     images = list(record.get("images", []))
     n_tags = sum(c.count(tokenizer_lib.IMAGE) for _, c in messages)
+    branched = self.cfg.independent_turns and n_tags == 0 and len(messages) > 2
     if n_tags == 0 and images:
-      # Data without explicit tags: images go first in the first user turn (reference layout).
-      messages[0][1] = "\n".join([tokenizer_lib.IMAGE] * len(images) + [messages[0][1].strip()])
+      # Data without explicit tags: images go first in the first user turn (reference layout;
+      # with independent turns, in every question's: `_branched`).
+      if not branched:
+        messages[0][1] = "\n".join([tokenizer_lib.IMAGE] * len(images) + [messages[0][1].strip()])
     elif n_tags != len(images):
       raise Bad("image_count_mismatch", f"{n_tags} placeholders, {len(images)} images")
     if len(images) > self.cfg.max_images_per_row:
@@ -185,11 +193,53 @@ class Builder:
     names = list(record.get("image_paths") or [f"<conversation image {i}>"
                                                 for i in range(len(images))])
     pixels = np.stack([self._image(s, n) for s, n in zip(images, names)]) if images else None
+    if branched:
+      return self._branched(messages, system, len(images), pixels)
     formatted = chat.format_conversation([tuple(m) for m in messages], system=system)
     toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
     targets, loss = _shift(toks.input_ids, toks.answer_mask)
     return _example(mixture.UND, toks.input_ids, targets, loss, seq_mask=toks.images_seq_mask,
                     pixels=pixels, image_size=self.cfg.image_size)
+
+  def _branched(self, messages, system: str, n_images: int, pixels) -> dict:
+    """One example of the single-question conversations of `messages`' (user, assistant) pairs.
+
+    Each pair k becomes its own conversation, images first in the user turn (the inference
+    layout), and the conversations are laid out as their longest common token prefix (branch 0:
+    BOS, system prompt, role, image slots...) followed by each one's remaining tokens (branch k).
+    With `branch_ids` and `positions` (prefix length + offset) the packed row attends exactly as
+    if every conversation were its own example: branch k sees the prefix and itself only.
+    """
+    convs = []
+    for k in range(0, len(messages) - 1, 2):
+      (user, question), (assistant, answer) = messages[k], messages[k + 1]
+      user_text = "\n".join([tokenizer_lib.IMAGE] * n_images + [question.strip()])
+      formatted = chat.format_conversation([(user, user_text), (assistant, answer)],
+                                           system=system)
+      toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
+      convs.append((toks, *_shift(toks.input_ids, toks.answer_mask)))
+    ids0 = convs[0][0].input_ids
+    n0 = min(len(t.input_ids) for t, _, _ in convs) - 1  # every branch keeps >= 1 token
+    for toks, _, loss in convs:
+      same = np.flatnonzero(toks.input_ids[:n0] != ids0[:n0])
+      n0 = min(n0, same[0] if same.size else n0, int(np.argmax(loss)) if loss.any() else n0)
+    # Position n0 - 1 predicts a different token in every branch; it is never an answer token.
+    prefix_targets = convs[0][1][:n0].copy()
+    prefix_targets[n0 - 1] = 0
+    pieces = [(ids0[:n0], np.arange(n0), np.zeros(n0, np.int32), prefix_targets,
+               np.zeros(n0, bool), convs[0][0].images_seq_mask[:n0])]
+    for k, (toks, targets, loss) in enumerate(convs, 1):
+      t = len(toks.input_ids)
+      pieces.append((toks.input_ids[n0:], np.arange(n0, t), np.full(t - n0, k, np.int32),
+                     targets[n0:], loss[n0:], toks.images_seq_mask[n0:]))
+    ids, positions, branches, targets, loss, seq_mask = map(np.concatenate, zip(*pieces))
+    if seq_mask[n0:].any():
+      raise AssertionError("image slots outside the shared prefix")  # images come first
+    ex = _example(mixture.UND, ids, targets, loss, seq_mask=seq_mask, pixels=pixels,
+                  image_size=self.cfg.image_size)
+    ex["positions"] = positions.astype(np.int32)
+    ex["branch_ids"] = branches
+    return ex
 
   # -- pure text --------------------------------------------------------------------------------
 

@@ -25,7 +25,11 @@ M = `max_images_per_row`, S = `image_size`, P' = slots per image = P (Janus) or 
   image_codes      (B, L)         int32   VQ code at `gen_mask` positions, 0 elsewhere
   segment_ids      (B, L)         int32   1, 2, ... per packed example, 0 on padding; attention is
                                           allowed iff same nonzero segment and key <= query
-  positions        (B, L)         int32   position within the example (restarts at 0; RoPE input)
+  positions        (B, L)         int32   position within the example (restarts at 0; RoPE input;
+                                          a branch continues from its prefix's end)
+  branch_ids       (B, L)         int32   0, or k on the k-th independent turn of an understanding
+                                          example (`examples.Config.independent_turns`): it sees
+                                          its example's branch-0 prefix and itself, not branch j != k
   kinds            (B, L)         int32   0 und, 1 text, 2 gen per position; -1 on padding
 JanusFlow runs (family "janusflow"; generation records carry SDXL-VAE latents, m =
 `max_flow_images_per_row`, Q = `flow_tokens`) add, and leave gen_mask / image_codes empty:
@@ -221,7 +225,8 @@ def make_train_iterator(data, model_config) -> Iterator:
       folder a relative gen directory is under.
     ratios (und, text, gen); batch_size (global rows, split evenly over JAX processes); seq_len;
     optional: family ("janus_pro"), max_images_per_row (4), max_flow_images_per_row (4),
-      caption_dropout (0.1), seed (0), worker_count (0), max_bad_fraction (0.05), flow_pixels.
+      caption_dropout (0.1), independent_turns (False), seed (0), worker_count (0),
+      max_bad_fraction (0.05), flow_pixels.
   Image sizes come from `model_config` (vision.image_size, image_tokens; JanusFlow
   gen_latent_size, latent_channels, gen_tokens).
   """
@@ -232,7 +237,8 @@ def make_train_iterator(data, model_config) -> Iterator:
   ex = dict(family=family, seq_len=data.seq_len, image_size=model_config.vision.image_size,
             image_tokens=model_config.image_tokens - (1 if is_flow else 0),
             max_images_per_row=get("max_images_per_row", 4),
-            caption_dropout=get("caption_dropout", 0.1))
+            caption_dropout=get("caption_dropout", 0.1),
+            independent_turns=get("independent_turns", False))
   if is_flow:
     side = model_config.gen_latent_size
     ex.update(flow_tokens=model_config.gen_tokens(side),

@@ -197,7 +197,7 @@ class Model(nn.Module):
     return merge_embeddings(self.embed_text(input_ids), img, images_seq_mask, images_emb_mask)
 
   def llm(self, embeds, positions, **kw) -> llama.Output:
-    """LLM forward; kw: attn_mask, segment_ids, cache, tap_layer (see `llama.Decoder`)."""
+    """LLM forward; kw: attn_mask, segment_ids, branch_ids, cache, tap_layer (`llama.Decoder`)."""
     return self.language_model(embeds, positions, **kw)
 
   def text_logits(self, hidden: jax.Array) -> jax.Array:

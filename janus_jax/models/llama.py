@@ -173,12 +173,16 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return x * cos + rotated * sin
 
 
-def attention_mask(q_slots, kv_slots, kv_valid, q_segments=None, kv_segments=None):
+def attention_mask(q_slots, kv_slots, kv_valid, q_segments=None, kv_segments=None,
+                   q_branches=None, kv_branches=None):
   """Boolean (B, T, S) mask: causal by slot, valid keys only, same segment.
 
   Args:
     q_slots: (T,) or (B, T) int slot of each query. kv_slots: (S,) int.
     kv_valid: (B, S) bool. q_segments / kv_segments: (B, T) / (B, S) int or None.
+    q_branches / kv_branches: (B, T) / (B, S) int or None: a key of branch 0 (the trunk) is seen
+      by every later query of its segment, a key of branch k > 0 only by queries of branch k
+      (independent continuations of one shared prefix, `data.examples`).
   """
   q_slots = jnp.asarray(q_slots)
   if q_slots.ndim == 1:
@@ -186,6 +190,9 @@ def attention_mask(q_slots, kv_slots, kv_valid, q_segments=None, kv_segments=Non
   mask = (kv_slots[None, None, :] <= q_slots[:, :, None]) & kv_valid[:, None, :]
   if q_segments is not None:
     mask &= q_segments[:, :, None] == kv_segments[:, None, :]
+  if q_branches is not None:
+    kb = kv_branches[:, None, :]
+    mask &= (kb == 0) | (kb == q_branches[:, :, None])
   return mask
 
 
@@ -355,8 +362,8 @@ class Decoder(nn.Module):
     """(B, T) int -> (B, T, D)."""
     return self.embed_tokens(ids)
 
-  def __call__(self, embeds, positions, *, attn_mask=None, segment_ids=None, cache=None,
-               tap_layer=None) -> Output:
+  def __call__(self, embeds, positions, *, attn_mask=None, segment_ids=None, branch_ids=None,
+               cache=None, tap_layer=None) -> Output:
     """Runs the decoder over input embeddings.
 
     Args:
@@ -365,6 +372,8 @@ class Decoder(nn.Module):
       attn_mask: (B, T) bool/int, 1 where the token is real (keys of 0 are never attended);
         defaults to all ones.
       segment_ids: (B, T) int for packed sequences (no cache); attention stays in a segment.
+      branch_ids: (B, T) int or None, with segment_ids: 0 on a segment's shared prefix, k on its
+        k-th branch, which sees the prefix and itself only (`attention_mask`).
       cache: a `Cache`; the T tokens are written at slots [cache.index, cache.index + T).
       tap_layer: static int; also return the output of that layer (0-based).
     Returns:
@@ -374,11 +383,12 @@ class Decoder(nn.Module):
     valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
     if cache is None:
       slots = jnp.arange(t)
-      mask = attention_mask(slots, slots, valid, segment_ids, segment_ids)
+      mask = attention_mask(slots, slots, valid, segment_ids, segment_ids, branch_ids, branch_ids)
       kv = None
     else:
-      if segment_ids is not None:
-        raise ValueError("segment_ids are for packed training sequences, not cached decoding")
+      if segment_ids is not None or branch_ids is not None:
+        raise ValueError("segment_ids / branch_ids are for packed training sequences, not cached "
+                         "decoding")
       index = cache.index
       kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, index, axis=1)
       # Every new token sees all valid slots written before `index`, and the new tokens
