@@ -5,10 +5,11 @@ r"""The embedded demo: a small Janus trained end to end on the shapes world (iss
     python -m janus_jax.demo --out /tmp/demo_smoke --config configs/demo_shapes.py:smoke
 
 `arg` "full" (default) is the recipe that produced `assets/shapes_demo/` (128-code VQ with dead
-codes restarted by distance, 6 packed rows per step); "collapsed" the one before it (512-code VQ
-trained without restarts, whose codebook collapses, 12 rows); "restarts" the 512-code VQ with
-restarts and 12 rows (better VQ, weaker generation: README); "smoke" runs every stage for a few
-steps on a few scenes (CI). Sizes are chosen for a 2-core CPU: the 64x64 images give 8x8 = 64
+codes restarted by distance, 6 packed rows per step, an image's questions trained as independent
+single-question branches); "collapsed" an earlier one (512-code VQ trained without restarts,
+whose codebook collapses, 12 rows, multi-turn chats); "restarts" the 512-code VQ with restarts
+and 12 rows (better VQ, weaker generation: README); "smoke" runs every stage for a few steps on
+a few scenes (CI). Sizes are chosen for a 2-core CPU: the 64x64 images give 8x8 = 64
 VQ codes (downsampling 8) and 8x8 = 64 understanding patches (patch 8), so a generation example
 is about 20 + 64 tokens and an understanding one about 55 + 66 + 3.
 Override anything with `--config.<field>=value` (e.g. `--config.stages.1.steps=100`).
@@ -113,6 +114,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # later "is there a red circle?" is answered "yes" every time an earlier question named a red
   # circle (1044 of 1044 such turns in 3000 train records), so the model learns to read the
   # answer off the conversation instead of the image, and ShapesEval asks one question alone.
+  # Shipped run: "is there a ..." 0.595 -> 0.973, understanding 0.750 -> 0.855.
   c.independent_turns = not old
   c.log_every = 1 if smoke else 50
 

@@ -12,7 +12,8 @@ One command, in order (each step prints what it did and how long it took):
                 (`janus_jax.vision_training`, the counterpart of SigLIP's own pretraining);
                 frozen in stages 1-2, trained in stage 3 (the VQ stays frozen throughout)
   5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
-                `janus_jax.data.pipeline` (understanding = multi-turn QA about an image,
+                `janus_jax.data.pipeline` (understanding = QA about an image, one branch per
+                question with `independent_turns`, else one multi-turn chat;
                 generation = caption -> 64 codes, with caption dropout for guidance); each
                 stage's weights are exported to OUT/stages/<name> and start the next
   6. export     `OUT/checkpoint`: config.json + params/chunk_000 (the converter's layout, read by
@@ -103,7 +104,8 @@ class UndSource:
   """Understanding records: record i is a multi-turn chat of all QA pairs of image i.
 
   Turn order rotates with the record, so every question kind also appears as the first turn
-  (the single-question layout of inference).
+  (the single-question layout of inference). With `examples.Config.independent_turns` the
+  pairs train as separate single-question branches instead, and the order does not matter.
   """
 
   def __init__(self, split: Split):
