@@ -108,6 +108,39 @@ def test_packing_never_crosses_examples(tok):
     np.testing.assert_array_equal(b["images_seq_mask"].sum(1), b["images_emb_mask"].sum((1, 2)))
 
 
+def test_independent_turns_pack_as_branches_of_one_prefix(tok):
+  """Untagged multi-turn records with `independent_turns`: each QA pair is a branch that sees its
+  example's prefix (with the images) and itself, never another branch, at positions that
+  continue from the prefix."""
+  recs = []
+  for r in synthetic.und_records(12, max_images=1):
+    contents = [c.split("\n")[-1] for c in r["contents"]]  # drop the explicit image tags
+    recs.append(dict(r, roles=r["roles"] * 2, contents=contents * 2))  # 2-4 QA pairs
+  cfg = tiny_config(independent_turns=True, ratios=(1.0, 0.0, 0.0))
+  b = next(pipeline.make([recs, None, None], tok, cfg, NO_SHARD))
+  seg, br, pos = b["segment_ids"], b["branch_ids"], b["positions"]
+  mask = packing.attention_mask(seg, br)
+  branched = 0
+  for r in range(seg.shape[0]):
+    for s in np.unique(seg[r][seg[r] > 0]):
+      idx = np.flatnonzero(seg[r] == s)
+      prefix = idx[br[r, idx] == 0]
+      assert b["images_seq_mask"][r, prefix].sum() == P  # the image once, in the prefix
+      assert pos[r, prefix].tolist() == list(range(len(prefix)))
+      for k in np.unique(br[r, idx])[1:]:
+        mine = idx[br[r, idx] == k]
+        assert pos[r, mine].tolist() == list(range(len(prefix), len(prefix) + len(mine)))
+        assert mask[r][np.ix_(mine, prefix)].all()
+        assert not mask[r][np.ix_(mine, idx[(br[r, idx] != k) & (br[r, idx] != 0)])].any()
+        assert b["text_loss"][r, mine].any()
+        branched += 1
+  assert branched >= 4
+  # Without the option the same records are one chat each: no branches.
+  plain = next(pipeline.make([recs, None, None], tok, tiny_config(ratios=(1.0, 0.0, 0.0)),
+                             NO_SHARD))
+  assert not plain["branch_ids"].any()
+
+
 def _example(t, n_images=0, first=1):
   ids = np.arange(first, first + t, dtype=np.int32)
   z = np.zeros(t, bool)
