@@ -195,11 +195,15 @@ class Builder:
     pixels = np.stack([self._image(s, n) for s, n in zip(images, names)]) if images else None
     if branched:
       return self._branched(messages, system, len(images), pixels)
-    formatted = chat.format_conversation([tuple(m) for m in messages], system=system)
-    toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
-    targets, loss = _shift(toks.input_ids, toks.answer_mask)
+    toks, targets, loss = self._conversation(messages, system)
     return _example(mixture.UND, toks.input_ids, targets, loss, seq_mask=toks.images_seq_mask,
                     pixels=pixels, image_size=self.cfg.image_size)
+
+  def _conversation(self, messages, system: str) -> tuple[chat.Tokens, np.ndarray, np.ndarray]:
+    """(role, content) turns -> their tokens, next-token targets (T,) and answer loss (T,)."""
+    formatted = chat.format_conversation([tuple(m) for m in messages], system=system)
+    toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
+    return (toks, *_shift(toks.input_ids, toks.answer_mask))
 
   def _branched(self, messages, system: str, n_images: int, pixels) -> dict:
     """One example of the single-question conversations of `messages`' (user, assistant) pairs.
@@ -214,10 +218,7 @@ class Builder:
     for k in range(0, len(messages) - 1, 2):
       (user, question), (assistant, answer) = messages[k], messages[k + 1]
       user_text = "\n".join([tokenizer_lib.IMAGE] * n_images + [question.strip()])
-      formatted = chat.format_conversation([(user, user_text), (assistant, answer)],
-                                           system=system)
-      toks = chat.tokenize(self.tok, formatted, self.cfg.image_tokens, self.cfg.family)
-      convs.append((toks, *_shift(toks.input_ids, toks.answer_mask)))
+      convs.append(self._conversation([(user, user_text), (assistant, answer)], system))
     ids0 = convs[0][0].input_ids
     n0 = min(len(t.input_ids) for t, _, _ in convs) - 1  # every branch keeps >= 1 token
     for toks, _, loss in convs:

@@ -5,6 +5,11 @@ import jax
 import numpy as np
 
 from janus_jax import train_steps
+from janus_jax.data import examples
+from janus_jax.data import mixture
+from janus_jax.data import packing
+from janus_jax.data import synthetic
+from janus_jax.models import janus
 from janus_jax.models import llama
 
 
@@ -31,7 +36,6 @@ def test_packed_equals_separate():
 
 def _janus_row(model, params, exs, pad_id):
   """Packs `exs` into one row and returns (batch, text logits (L, V))."""
-  from janus_jax.data import packing  # pylint: disable=import-outside-toplevel
   bb = packing.BatchBuilder(rows=1, seq_len=256, max_images=4, slots_per_image=16, image_size=32,
                             pad_id=pad_id)
   for ex in exs:
@@ -44,8 +48,6 @@ def _janus_row(model, params, exs, pad_id):
 def test_independent_turns_equal_single_question_conversations():
   """An image's QA pairs as branches of one shared prefix: every branch token gets the ids,
   targets, loss mask and logits it has in its own single-question conversation."""
-  from janus_jax.data import examples, mixture, synthetic  # pylint: disable=import-outside-toplevel
-  from janus_jax.models import janus  # pylint: disable=import-outside-toplevel
   tok = synthetic.tiny_tokenizer()
   cfg = janus.get_config("tiny")
   model = janus.Model(cfg)
