@@ -364,7 +364,7 @@ def run(cfg, req: Request) -> int:
   start = time.time()
   name, model, params, meta = load_model(path, cfg, mesh, rules_)
   tok = load_tokenizer(path, cfg, meta)
-  if meta.get("image_size"):  # a checkpoint trained at one size (the demo's 64 px) says so
+  if meta.get("image_size"):  # a checkpoint trained at one size (the demo: 48 px) says so
     cfg.t2i.image_size = int(meta["image_size"])
   if tok.vocab_size > model.config.llm.vocab_size:
     raise UsageError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "

@@ -14,7 +14,7 @@ One command, in order (each step prints what it did and how long it took):
   5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
                 `janus_jax.data.pipeline` (understanding = QA about an image, one branch per
                 question with `independent_turns`, else one multi-turn chat;
-                generation = caption -> 64 codes, with caption dropout for guidance); each
+                generation = caption -> its VQ codes, with caption dropout for guidance); each
                 stage's weights are exported to OUT/stages/<name> and start the next
   6. export     `OUT/checkpoint`: config.json + params/chunk_000 (the converter's layout, read by
                 `janus_jax.convert.driver.load_converted`, sample.py and ShapesEval) + tokenizer
@@ -84,9 +84,14 @@ def _text(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def load_world(data_dir: pathlib.Path, config_name: str, limits: dict) -> dict[str, Split]:
-  """Prepares `shapes_world` under `data_dir` (no-op if there) and reads train and test."""
+def load_world(data_dir: pathlib.Path, config_name: str, limits: dict,
+               image_size: int | None = None) -> dict[str, Split]:
+  """Prepares `shapes_world` under `data_dir` (no-op if there) and reads the `limits` splits;
+  ValueError when the config draws other than `image_size` px images (None: any)."""
   b = shapes_builder.prepare(str(data_dir), config_name)
+  if image_size is not None and b.builder_config.image_size != image_size:
+    raise ValueError(f"shapes_world config {config_name!r} draws {b.builder_config.image_size} px "
+                     f"images but the recipe's image_size is {image_size}")
   out = {}
   for split, limit in limits.items():
     src = b.as_data_source(split=split)
@@ -341,7 +346,7 @@ def run(c, out: pathlib.Path) -> dict:
 
   t = time.time()
   world = load_world(out / "tfds", c.world.builder_config,
-                     {"train": c.world.num_train, "test": c.world.num_test})
+                     {"train": c.world.num_train, "test": c.world.num_test}, c.image_size)
   done("world", t)
 
   t = time.time()
@@ -433,7 +438,8 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   cfg, params = driver.load_converted(init)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), params)
   tok = tokenizer_lib.load(str(init))
-  world = load_world(out / "tfds", c.world.builder_config, {"train": c.world.num_train})
+  world = load_world(out / "tfds", c.world.builder_config, {"train": c.world.num_train},
+                     c.image_size)
   needs_codes = any(s.ratios[2] for s in c.stages)
   codes = (vq_training.encode(cfg.vq, params["gen_vision_model"], world["train"].images)
            if needs_codes else np.zeros((len(world["train"].images), cfg.image_tokens), np.int32))

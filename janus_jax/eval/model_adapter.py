@@ -37,8 +37,8 @@ class ModelAdapter:
   max_new_tokens: answers are one or two words, so a few tokens suffice.
   system_prompt: of understanding prompts; `load` takes the checkpoint's (see
     `chat.checkpoint_system_prompt`).
-  image_size: side of generated images (the demo VQ's training resolution, 64 for the shapes
-    world); sets the number of image tokens drawn.
+  image_size: side of generated images (the demo VQ's training resolution; `load` takes the
+    checkpoint's config.json "image_size" when it has one); sets the number of image tokens drawn.
   """
 
   def __init__(self, model: janus.Model, params, tok: tokenizer_lib.Tokenizer, *,
@@ -51,6 +51,7 @@ class ModelAdapter:
     self.cfg_weight = cfg_weight
     self.sampler = samplers.Greedy() if temperature == 0 else samplers.Sampling(temperature)
     self.max_new_tokens = max_new_tokens
+    self.image_size = image_size
     self.num_tokens = image_ar.image_tokens(model, image_size)
     self._rng = jax.random.key(seed)
     self._calls = 0
@@ -94,7 +95,7 @@ def load(path: str, **kw) -> ModelAdapter:
   """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
   `convert_torch.py`) holding a Janus model and its `tokenizer.json`. The system prompt and,
   unless `cfg_weight` is given (or is `FROM_CHECKPOINT`), the guidance weight come from its
-  config.json; other keywords go to `ModelAdapter`."""
+  config.json, and so does `image_size` unless given; other keywords go to `ModelAdapter`."""
   from janus_jax.convert import driver  # orbax and the converter only when loading
   path = pathlib.Path(path)
   if not (path / "config.json").is_file():
@@ -104,6 +105,8 @@ def load(path: str, **kw) -> ModelAdapter:
     raise ValueError(f"{path} holds a {type(config).__name__}; ShapesEval needs a Janus model")
   meta = json.loads((path / "config.json").read_text())
   kw.setdefault("system_prompt", chat.checkpoint_system_prompt(meta))
+  if meta.get("image_size"):  # a checkpoint trained at one size (the demo's) says so
+    kw.setdefault("image_size", int(meta["image_size"]))
   if kw.get("cfg_weight", FROM_CHECKPOINT) == FROM_CHECKPOINT:
     kw["cfg_weight"] = image_ar.checkpoint_cfg_weight(meta)
   return ModelAdapter(janus.Model(config), params, tokenizer_lib.load(str(path)), **kw)

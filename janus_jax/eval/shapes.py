@@ -256,7 +256,9 @@ def main(argv=None) -> None:
   p.add_argument("--questions", type=int, default=200)
   p.add_argument("--images_per_prompt", type=int, default=1)
   p.add_argument("--batch_size", type=int, default=16)
-  p.add_argument("--image_size", type=int, default=64, help="rendered question image side")
+  p.add_argument("--image_size", type=int, default=None,
+                 help="side of the rendered question images; default: the checkpoint's image "
+                      "size (its generated images' side), 64 for --oracle")
   p.add_argument("--cfg_weight", type=float, default=None,
                  help="guidance weight; default: the checkpoint's config.json sampling.cfg_weight "
                       "(chosen on the validation split), else the reference's 5.0")
@@ -269,6 +271,7 @@ def main(argv=None) -> None:
   gen = gen_items(args.per_category, args.seed, args.split)
   und = und_items(args.questions, args.seed, args.split)
   if args.oracle:
+    args.image_size = args.image_size or 64
     adapter = OracleAdapter(gen, [u.scene for u in und], args.image_size, args.degrade, args.seed)
   else:
     from janus_jax.eval import model_adapter  # jax and the model only when a model is asked for
@@ -281,6 +284,7 @@ def main(argv=None) -> None:
                                    temperature=args.temperature, seed=args.seed)
     except (FileNotFoundError, ValueError) as e:
       p.error(f"cannot load checkpoint {ckpt}: {e}")
+    args.image_size = args.image_size or adapter.image_size
   results = evaluate(adapter, gen, und, args.image_size, args.batch_size, args.images_per_prompt,
                      log=lambda m: print(m, flush=True))
   print(report(results))

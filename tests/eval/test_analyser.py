@@ -9,8 +9,9 @@ from janus_jax.eval import analyser
 NUM_SCENES = 300
 
 
-def _accuracy(scenes, transform) -> float:
-  ok = [analyser.matches_scene(analyser.analyse(transform(world.render(s))), s) for s in scenes]
+def _accuracy(scenes, transform, size: int = 64) -> float:
+  ok = [analyser.matches_scene(analyser.analyse(transform(world.render(s, size))), s)
+        for s in scenes]
   return float(np.mean(ok))
 
 
@@ -19,14 +20,17 @@ def scenes():
   return [world.sample_scene(np.random.default_rng([11, i])) for i in range(NUM_SCENES)]
 
 
-def test_exact_on_rendered_scenes(scenes):
+@pytest.mark.parametrize("size", [64, 48])  # the demo's earlier and current resolutions
+def test_exact_on_rendered_scenes(scenes, size):
   # colour, shape, size and cell of every object, and nothing else, for >= 99% of scenes.
-  assert _accuracy(scenes, lambda img: img) >= 0.99
+  assert _accuracy(scenes, lambda img: img, size) >= 0.99
 
 
-def test_robust_to_vq_like_degradation(scenes):
+@pytest.mark.parametrize("size", [64, 48])
+def test_robust_to_vq_like_degradation(scenes, size):
   rng = np.random.default_rng(0)
-  assert _accuracy(scenes, lambda img: analyser.degrade(img, rng)) >= 0.99
+  blur = 0.8 * size / 64  # the same blur relative to the image
+  assert _accuracy(scenes, lambda img: analyser.degrade(img, rng, blur=blur), size) >= 0.99
 
 
 def test_robust_with_jittered_positions():
@@ -35,12 +39,13 @@ def test_robust_with_jittered_positions():
   assert _accuracy(scenes, lambda img: analyser.degrade(img, rng)) >= 0.99
 
 
-def test_every_shape_colour_and_size_is_told_apart():
+@pytest.mark.parametrize("side", [64, 48])
+def test_every_shape_colour_and_size_is_told_apart(side):
   for colour in world.COLOURS:
     for shape in world.SHAPES:
       for size in world.SIZES:
         scene = world.Scene((world.Object(colour, shape, size, 1, 1),))
-        (d,) = analyser.analyse(world.render(scene))
+        (d,) = analyser.analyse(world.render(scene, side))
         assert (d.colour, d.shape, d.size, d.cell) == (colour, shape, size, (1, 1))
         assert d.iou > 0.9
 

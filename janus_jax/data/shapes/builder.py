@@ -45,7 +45,10 @@ class ShapesWorld(builders.ArrayRecordBuilder):
   BUILDER_CONFIGS = [
       ShapesConfig(name="default", description="64x64, 20000 train / 500 validation / 500 test"),
       ShapesConfig(name="dense_qa", num_qa=8,
-                   description="as default, with up to 8 QA pairs per image (the demo recipe)"),
+                   description="as default, with up to 8 QA pairs per image"),
+      ShapesConfig(name="dense_qa48", num_qa=8, image_size=48,
+                   description="as dense_qa at 48x48, where each 16-pixel grid cell is 2x2 tokens "
+                               "of an 8x downsampling VQ (the demo recipe)"),
       ShapesConfig(name="tiny", description="for tests", num_train=32, num_validation=8,
                    num_test=8),
   ]
