@@ -60,8 +60,9 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert same(stage["init"]["gen_vision_model"], stage["stage3"]["gen_vision_model"])
   assert not same(stage["init"]["language_model"], stage["stage2"]["language_model"])
   # The exported folder drives the real samplers through the ShapesEval adapter.
-  adapter = model_adapter.load(str(ckpt), image_size=64, temperature=0)
+  adapter = model_adapter.load(str(ckpt), temperature=0)
   assert adapter.system_prompt == "" and adapter.cfg_weight == c.eval.cfg_weight
+  assert adapter.image_size == 64  # from config.json
   images = adapter.generate_images(["a red circle"])
   assert images.shape == (1, 64, 64, 3) and images.dtype == np.uint8
   answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
@@ -83,6 +84,19 @@ def test_config_overrides_are_checked():
     demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["vq.steps"])
   c = demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["stages.1.steps=7"])
   assert c.stages[1].steps == 7
+
+
+def test_world_and_recipe_must_agree_on_the_image_size(tmp_path):
+  """The full recipe draws its world at 48 px (cells aligned with the VQ tokens); a world config
+  of another size is refused by name instead of training a VQ on the wrong images."""
+  c = demo.load_config(str(REPO / "configs" / "demo_shapes.py"), [])
+  assert c.image_size == 48 and c.world.builder_config == "dense_qa48"
+  cfg = demo.model_config(c, c.tokenizer.vocab_size)
+  assert cfg.image_tokens == 36 and cfg.vq.downsample_factor == 8
+  with pytest.raises(ValueError, match="'tiny' draws 64 px .* image_size is 48"):
+    demo.load_world(tmp_path / "tfds", "tiny", {"test": 2}, image_size=48)
+  assert demo.load_world(tmp_path / "tfds", "tiny", {"test": 2}, 64)["test"].images.shape == (
+      2, 64, 64, 3)
 
 
 def test_demo_cli_refuses_two_single_step_modes(tmp_path, capsys):
@@ -173,7 +187,8 @@ def test_shipped_checkpoint_is_the_default_and_small():
   size = sum(p.stat().st_size for p in ASSET.rglob("*") if p.is_file())
   assert size <= 25 * 2**20, f"{ASSET} is {size / 2**20:.1f} MiB > 25 MiB"
   meta = json.loads((ASSET / "config.json").read_text())
-  assert meta["image_size"] == 64 and (ASSET / "tokenizer.json").is_file()
+  recipe = demo.load_config(str(REPO / "configs" / "demo_shapes.py"), [])
+  assert meta["image_size"] == recipe.image_size and (ASSET / "tokenizer.json").is_file()
 
 
 def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
@@ -185,11 +200,12 @@ def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
   assert f"wrote {n} images" in r.stdout
   grid = np.asarray(Image.open(out / "grid.png").convert("RGB")).astype(np.float32)
   per = sample_config.get_config().t2i.num_images
-  assert grid.shape == (len(sample.DEMO_PROMPTS) * 64, per * 64, 3)
+  s = json.loads((ASSET / "config.json").read_text())["image_size"]  # the checkpoint's side
+  rows = len(sample.DEMO_PROMPTS)
+  assert grid.shape == (rows * s, per * s, 3)
   assert grid.std() > 10.0, "the grid is (nearly) constant"
   # Not just background: coloured (high-chroma) shape pixels in every image.
-  for tile in grid.reshape(len(sample.DEMO_PROMPTS), 64, per, 64, 3).transpose(0, 2, 1, 3, 4
-                                                                              ).reshape(-1, 64, 64, 3):
+  for tile in grid.reshape(rows, s, per, s, 3).transpose(0, 2, 1, 3, 4).reshape(-1, s, s, 3):
     chroma = tile.max(-1) - tile.min(-1)
     assert (chroma > 80).mean() > 0.01
 
@@ -218,7 +234,8 @@ def test_unknown_words_still_draw_and_questions_get_answers(tmp_path, capsys):
   cfg = _demo_config(tmp_path)
   # "zorblax" and the emoji are outside the world's vocabulary: byte-level BPE still encodes them.
   assert sample.run(cfg, sample.Request(prompts=["a zorblax red circle \N{GRINNING FACE}"])) == 0
-  assert Image.open(tmp_path / "out" / "000_00.png").size == (64, 64)
+  side = json.loads((ASSET / "config.json").read_text())["image_size"]
+  assert Image.open(tmp_path / "out" / "000_00.png").size == (side, side)
   scene = world.Scene((world.Object("red", "circle", "large", 1, 1),))
   path = tmp_path / "scene.png"
   Image.fromarray(world.render(scene)).save(path)
