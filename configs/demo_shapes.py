@@ -13,8 +13,8 @@ a few scenes (CI). Sizes are chosen for a 2-core CPU. "full" draws the world at 
 VQ codes (downsampling 8) and 6x6 = 36 understanding patches (patch 8), so a generation example
 is about 20 + 36 tokens, and each 16-pixel cell of the world's 3x3 grid is exactly 2x2 tokens
 with its object centred on their shared corner (at 64x64 a cell is 2.67 tokens, and an object
-falls across the token grid in one of nine ways by its cell). The other recipes keep 64x64
-(8x8 = 64 codes and patches).
+falls across the token grid in one of nine ways by its cell). "smoke" is 48x48 too; the
+earlier recipes keep 64x64 (8x8 = 64 codes and patches).
 Override anything with `--set <field>=value` (e.g. `--set stages.1.steps=100`).
 """
 
@@ -31,14 +31,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   old = restarts or collapsed  # the 512-code VQ and 12-row batches of the earlier runs
   c = ml_collections.ConfigDict()
   c.seed = 0
-  # 48 px: cells aligned with the VQ tokens (docstring); the earlier recipes and smoke: 64 px.
-  c.image_size = 64 if smoke or old else 48
+  # 48 px: cells aligned with the VQ tokens (docstring), as the full recipe and its smoke run;
+  # the earlier recipes: 64 px.
+  c.image_size = 64 if old else 48
   c.family = "janus_pro"  # chat template (role tokens <|User|> / <|Assistant|>)
 
   # --- the world and its tokenizer ---
   c.world = ml_collections.ConfigDict(dict(
       # shapes_world TFDS config; its image_size must be c.image_size
-      builder_config="tiny" if smoke else "dense_qa" if old else "dense_qa48",
+      builder_config="tiny48" if smoke else "dense_qa" if old else "dense_qa48",
       num_train=32 if smoke else 20000, num_test=8 if smoke else 500))
   c.tokenizer = ml_collections.ConfigDict(dict(vocab_size=512, num_scenes=200 if smoke else 2000))
 

@@ -37,13 +37,13 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert 0.0 <= summary["vq_readable_test"] <= 1.0
   assert summary["final_metrics"]["tokens_und"] > 0 and summary["final_metrics"]["tokens_gen"] > 0
   meta = json.loads((ckpt / "config.json").read_text())
-  assert meta["family"] == "janus" and meta["image_size"] == 64
+  assert meta["family"] == "janus" and meta["image_size"] == 48
   # Trained without a system prompt and with a chosen guidance weight: both travel with it.
   assert meta["system_prompt"] == c.system_prompt == ""
   assert meta["sampling"] == {"cfg_weight": c.eval.cfg_weight}
   config, params = driver.load_converted(ckpt)
   assert isinstance(config, janus.Config)
-  assert config.image_tokens == 64 and config.vq.downsample_factor == 8
+  assert config.image_tokens == 36 and config.vq.downsample_factor == 8  # 6x6 at 48 px
   assert set(params) == {"vision_model", "aligner", "gen_vision_model", "gen_aligner", "gen_head",
                          "gen_embed", "language_model"}
   assert (ckpt / "tokenizer.json").is_file()
@@ -62,9 +62,9 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   # The exported folder drives the real samplers through the ShapesEval adapter.
   adapter = model_adapter.load(str(ckpt), temperature=0)
   assert adapter.system_prompt == "" and adapter.cfg_weight == c.eval.cfg_weight
-  assert adapter.image_size == 64  # from config.json
+  assert adapter.image_size == 48  # from config.json
   images = adapter.generate_images(["a red circle"])
-  assert images.shape == (1, 64, 64, 3) and images.dtype == np.uint8
+  assert images.shape == (1, 48, 48, 3) and images.dtype == np.uint8
   answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
                            ["how many shapes are there?"])
   assert len(answers) == 1 and isinstance(answers[0], str)
@@ -74,7 +74,7 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   meta = json.loads((ckpt / "config.json").read_text())
   assert w in (1.0, 2.0) and meta["sampling"] == {"cfg_weight": w}
   assert set(meta["guidance_selection"]["gen_overall"]) == {"1.0", "2.0"}
-  assert model_adapter.load(str(ckpt), image_size=64).cfg_weight == w
+  assert model_adapter.load(str(ckpt)).cfg_weight == w
 
 
 def test_config_overrides_are_checked():

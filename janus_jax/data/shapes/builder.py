@@ -51,6 +51,8 @@ class ShapesWorld(builders.ArrayRecordBuilder):
                                "of an 8x downsampling VQ (the demo recipe)"),
       ShapesConfig(name="tiny", description="for tests", num_train=32, num_validation=8,
                    num_test=8),
+      ShapesConfig(name="tiny48", description="tiny at 48x48 (the demo's smoke run)",
+                   image_size=48, num_train=32, num_validation=8, num_test=8),
   ]
   DEFAULT_CONFIG_NAME = "default"
 
