@@ -8,7 +8,7 @@ resized/normalised to the model's understanding resolution by `janus_jax.data.pr
 
 import json
 import pathlib
-from typing import Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -91,19 +91,33 @@ class ModelAdapter:
 FROM_CHECKPOINT = "checkpoint"  # `load(cfg_weight=...)`: the checkpoint's recommended weight
 
 
-def load(path: str, **kw) -> ModelAdapter:
-  """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
-  `convert_torch.py`) holding a Janus model and its `tokenizer.json`. The system prompt and,
-  unless `cfg_weight` is given (or is `FROM_CHECKPOINT`), the guidance weight come from its
-  config.json, and so does `image_size` unless given; other keywords go to `ModelAdapter`."""
+def vq_round_trip(path: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+  """(images uint8 (B, S, S, 3) -> their reconstructions through the VQ of the checkpoint at
+  `path`, S): S is the checkpoint's image size (config.json "image_size"; else 384)."""
+  from janus_jax import vq_training  # pylint: disable=g-import-not-at-top
+  config, params, meta = _load_janus(pathlib.Path(path))
+  vq_params = params["gen_vision_model"]
+  return (lambda images: vq_training.reconstruct(config.vq, vq_params, np.asarray(images)),
+          int(meta.get("image_size") or 384))
+
+
+def _load_janus(path: pathlib.Path):
+  """(config, params, config.json) of a converted Janus checkpoint directory."""
   from janus_jax.convert import driver  # orbax and the converter only when loading
-  path = pathlib.Path(path)
   if not (path / "config.json").is_file():
     raise FileNotFoundError(f"{path}: no config.json; not a checkpoint directory")
   config, params = driver.load_converted(path)
   if not isinstance(config, janus.Config):
     raise ValueError(f"{path} holds a {type(config).__name__}; ShapesEval needs a Janus model")
-  meta = json.loads((path / "config.json").read_text())
+  return config, params, json.loads((path / "config.json").read_text())
+
+
+def load(path: str, **kw) -> ModelAdapter:
+  """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
+  `convert_torch.py`) holding a Janus model and its `tokenizer.json`. The system prompt and,
+  unless `cfg_weight` is given (or is `FROM_CHECKPOINT`), the guidance weight come from its
+  config.json, and so does `image_size` unless given; other keywords go to `ModelAdapter`."""
+  config, params, meta = _load_janus(pathlib.Path(path))
   kw.setdefault("system_prompt", chat.checkpoint_system_prompt(meta))
   if meta.get("image_size"):  # a checkpoint trained at one size (the demo's) says so
     kw.setdefault("image_size", int(meta["image_size"]))

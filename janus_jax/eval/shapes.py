@@ -2,6 +2,7 @@
 
     python -m janus_jax.eval.shapes --oracle               # renderer + ground truth: ~1.0
     python -m janus_jax.eval.shapes --oracle --degrade     # same, images blurred and noised
+    python -m janus_jax.eval.shapes --oracle --through_vq  # same, through a checkpoint's VQ
     python -m janus_jax.eval.shapes --checkpoint DIR       # a converted Janus checkpoint
 
 Every prompt and question comes from the test split of `janus_jax.data.shapes.world`, whose
@@ -31,7 +32,7 @@ wires a Janus checkpoint through `janus_jax.sampling`.
 import argparse
 import dataclasses
 import hashlib
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -174,14 +175,19 @@ class OracleAdapter:
   """Draws each prompt's source scene with the renderer and answers from the scene's truth.
 
   degrade: blur and noise each generated image like a VQ reconstruction (`analyser.degrade`).
+  transform: applied to the generated images (uint8 (B, S, S, 3) -> same), e.g. a round trip
+    through a checkpoint's VQ (`model_adapter.vq_round_trip`): the score a generator that drew
+    every prompt's scene exactly would get through that tokenizer, the ceiling it sets.
   """
 
   def __init__(self, items: Sequence[GenItem], scenes: Sequence[world.Scene] = (),
-               image_size: int = 64, degrade: bool = False, seed: int = 0):
+               image_size: int = 64, degrade: bool = False, seed: int = 0,
+               transform: Callable[[np.ndarray], np.ndarray] | None = None):
     self._by_prompt = {it.prompt: it.scene for it in items}
     self._by_image = {self._key(world.render(s, image_size)): s for s in scenes}
     self._size = image_size
     self._degrade = degrade
+    self._transform = transform
     self._rng = np.random.default_rng(seed)
 
   @staticmethod
@@ -192,6 +198,8 @@ class OracleAdapter:
     images = world.render_batch([self._by_prompt[p] for p in prompts], self._size)
     if self._degrade:
       images = np.stack([analyser.degrade(im, self._rng) for im in images])
+    if self._transform is not None:
+      images = np.asarray(self._transform(images))
     return images
 
   def answer(self, images: np.ndarray, questions: Sequence[str]) -> list[str]:
@@ -252,6 +260,10 @@ def main(argv=None) -> None:
   p.add_argument("--checkpoint", help="checkpoint directory (converted Janus layout)")
   p.add_argument("--oracle", action="store_true", help="renderer + ground truth as the model")
   p.add_argument("--degrade", action="store_true", help="oracle: blur/noise generated images")
+  p.add_argument("--through_vq", action="store_true",
+                 help="oracle: pass the drawn scenes through the VQ of --checkpoint (default: the "
+                      "shipped one), encode then decode: the generation score that tokenizer "
+                      "allows a perfect generator")
   p.add_argument("--per_category", type=int, default=20)
   p.add_argument("--questions", type=int, default=200)
   p.add_argument("--images_per_prompt", type=int, default=1)
@@ -270,9 +282,25 @@ def main(argv=None) -> None:
   args = p.parse_args(argv)
   gen = gen_items(args.per_category, args.seed, args.split)
   und = und_items(args.questions, args.seed, args.split)
+  if args.through_vq and not args.oracle:
+    p.error("--through_vq is an oracle mode: add --oracle")
   if args.oracle:
+    transform = None
+    if args.through_vq:
+      from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
+      ckpt = args.checkpoint or model_adapter.default_checkpoint()
+      if ckpt is None:
+        p.error("--through_vq needs a --checkpoint (none is shipped)")
+      try:
+        transform, vq_size = model_adapter.vq_round_trip(ckpt)
+      except (FileNotFoundError, ValueError) as e:
+        p.error(f"cannot load checkpoint {ckpt}: {e}")
+      if args.image_size not in (None, vq_size):
+        p.error(f"--image_size {args.image_size}: the VQ of {ckpt} was trained at {vq_size}")
+      args.image_size = vq_size
     args.image_size = args.image_size or 64
-    adapter = OracleAdapter(gen, [u.scene for u in und], args.image_size, args.degrade, args.seed)
+    adapter = OracleAdapter(gen, [u.scene for u in und], args.image_size, args.degrade, args.seed,
+                            transform)
   else:
     from janus_jax.eval import model_adapter  # jax and the model only when a model is asked for
     ckpt = args.checkpoint or model_adapter.default_checkpoint()

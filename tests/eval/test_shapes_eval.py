@@ -114,6 +114,28 @@ def test_command_line_oracle(capsys):
   assert last == "gen_overall=1.0000 und_accuracy=1.0000"
 
 
+def test_oracle_transform_is_applied_to_the_generated_images(items):
+  gen, _ = items
+  blank = lambda images: np.full_like(images, 235)  # a tokenizer that loses every shape
+  adapter = shapes.OracleAdapter(gen, transform=blank)
+  assert shapes.evaluate(adapter, gen, [], log=lambda m: None)["gen_overall"] == 0.0
+
+
+def test_command_line_oracle_through_the_shipped_vq(capsys):
+  """The ceiling the shipped checkpoint's tokenizer sets: the prompts' own scenes, encoded and
+  decoded by its VQ at its image size, scored by the analyser."""
+  shapes.main(["--oracle", "--through_vq", "--per_category", "3", "--questions", "4"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  gen = float(re.fullmatch(r"gen_overall=([\d.]+) und_accuracy=1\.0000", last).group(1))
+  assert 0.6 <= gen <= 1.0  # measured at 100 per category: 0.952
+  with pytest.raises(SystemExit):
+    shapes.main(["--through_vq"])
+  assert "add --oracle" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    shapes.main(["--oracle", "--through_vq", "--image_size", "64"])
+  assert "trained at 48" in capsys.readouterr().err
+
+
 def test_command_line_names_a_bad_checkpoint(tmp_path, capsys):
   with pytest.raises(SystemExit):
     shapes.main(["--checkpoint", str(tmp_path / "missing")])
