@@ -17,6 +17,12 @@ codebook (k-means++ seeding), so restarts go where the codebook represents the b
 optimizer state is left as it is. With 128 codes, 1500 steps of 8 images: 97% of 500 held-out
 scenes read exactly after a round trip, 34.3 dB (drawn uniformly: 86%, 33.4 dB).
 
+On a flat background the plain MSE is mostly background (~80% of the pixels of a shapes scene),
+so `foreground_weight` can weigh the error of the pixels off the background more: at 48 px (the
+demo, same 1500 x 8 run), weights 1 + 0 / 2 / 4 / 10 read 83.2% / 95.8% / 89.4% / 57.0% of the
+500 held-out scenes exactly (too much weight leaves the background noisy, and the analyser
+finds blobs in the noise).
+
     params = vq_training.train(vq_cfg, images, steps=1500, batch_size=32, lr=1e-3)
     print(vq_training.psnr(vq_cfg, params, test_images))
 """
@@ -52,14 +58,32 @@ def init(config: vq.Config, image_size: int, seed: int = 0) -> dict:
   return nn.unbox(model.init(jax.random.key(seed), x, method=vq.Model.init_all)["params"])
 
 
-def make_step(config: vq.Config, tx: optax.GradientTransformation) -> Callable:
+def foreground_weights(pixels: jax.Array, background: tuple[int, int, int], weight: float
+                       ) -> jax.Array:
+  """(B, S, S, 3) pixels in [-1, 1] -> (B, S, S, 1) weights: 1 + `weight` where a pixel differs
+  from the flat `background` colour (uint8 RGB) by 4 or more levels summed over the channels
+  (anti-aliased edges included), 1 elsewhere."""
+  bg = jnp.asarray(to_unit(np.asarray(background, np.uint8).reshape(1, 1, 1, 3)))
+  diff = jnp.sum(jnp.abs(pixels.astype(jnp.float32) - bg), axis=-1, keepdims=True)
+  return 1.0 + weight * (diff > 3.5 * 2 / 255).astype(jnp.float32)
+
+
+def make_step(config: vq.Config, tx: optax.GradientTransformation,
+              foreground_weight: float = 0.0,
+              background: tuple[int, int, int] | None = None) -> Callable:
   """Jitted (params, opt_state, pixels (B, S, S, 3) in [-1, 1]) ->
   (params, opt_state, terms, codes (B, P) chosen for the batch, their latents (B*P, E)).
+  With `foreground_weight` > 0 the reconstruction error of pixels off the flat `background`
+  counts 1 + `foreground_weight` times (`foreground_weights`).
   """
+  if foreground_weight and background is None:
+    raise ValueError("foreground_weight needs the background colour it is measured against")
   model = vq.Model(config)
 
   def loss_fn(params, pixels):
-    return model.apply({"params": params}, pixels, method=vq.Model.loss_and_codes)
+    weights = (foreground_weights(pixels, background, foreground_weight)
+               if foreground_weight else None)
+    return model.apply({"params": params}, pixels, weights, method=vq.Model.loss_and_codes)
 
   @jax.jit
   def step(params, opt_state, pixels):
@@ -95,13 +119,16 @@ def restart_dead_codes(params: dict, dead: np.ndarray, latents: np.ndarray,
 
 def train(config: vq.Config, images: np.ndarray, *, steps: int, batch_size: int = 32,
           lr: float = 1e-3, warmup: int = 100, seed: int = 0, params: dict | None = None,
-          restart_every: int = 25, restart_until: float = 0.8,
+          restart_every: int = 25, restart_until: float = 0.8, foreground_weight: float = 0.0,
+          background: tuple[int, int, int] | None = None,
           log: Callable[[str], None] = print, log_every: int = 100) -> dict:
   """Trains the tokenizer on random batches of `images` (uint8 (N, S, S, 3)); returns params.
 
   The learning rate warms up linearly, then follows a cosine decay to 10% over `steps`. Dead
   codes are restarted every `restart_every` steps (0: never) up to step
-  `restart_until * steps` (module docstring); the last log line counts them.
+  `restart_until * steps` (module docstring); the last log line counts them. With
+  `foreground_weight` the pixels off the flat `background` colour weigh more in the
+  reconstruction error (module docstring).
   """
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
     raise ValueError(f"images must be uint8 (N, S, S, 3), got {images.dtype} {images.shape}")
@@ -113,7 +140,7 @@ def train(config: vq.Config, images: np.ndarray, *, steps: int, batch_size: int 
   params = params if params is not None else init(config, images.shape[1], seed)
   tx = optim.warmup_cosine_adamw(lr, steps, warmup)
   opt_state = tx.init(params)
-  step = make_step(config, tx)
+  step = make_step(config, tx, foreground_weight, background)
   rng = np.random.default_rng([seed, 11])
   chosen = np.zeros(config.codebook_size, bool)  # codes chosen since the last restart check
   restarted = 0

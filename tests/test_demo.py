@@ -2,11 +2,13 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 from PIL import Image
 
@@ -16,6 +18,8 @@ from janus_jax import demo
 from janus_jax import vq_training
 from janus_jax.convert import driver
 from janus_jax.data import preprocess
+from janus_jax.data.shapes import builder as shapes_builder
+from janus_jax.data.shapes import text as shapes_text
 from janus_jax.data.shapes import world
 from janus_jax.eval import model_adapter
 from janus_jax.models import janus
@@ -99,6 +103,57 @@ def test_world_and_recipe_must_agree_on_the_image_size(tmp_path):
       2, 64, 64, 3)
 
 
+def _split(n: int, image_size: int = 48) -> demo.Split:
+  recs = [r for _, r in shapes_builder.examples("train", n, image_size=image_size, num_qa=2)]
+  return demo.Split(images=np.stack([r["image"] for r in recs]),
+                    captions=[r["captions"] for r in recs],
+                    qa=[list(zip(r["questions"], r["answers"])) for r in recs],
+                    scenes=[world.Scene.from_json(r["scene"]) for r in recs])
+
+
+_RELATION = re.compile(  # a relation caption: "a red circle above a blue square"
+    r"an? (\w+) (\w+) (" + "|".join(shapes_text.RELATIONS) + r") an? (\w+) (\w+)")
+
+
+def test_gen_source_relation_captions_replace_a_share_of_two_object_records():
+  """`relation_share` re-captions that share of the records of scenes that admit a relation
+  caption, with a relation that holds in the scene; other scenes and the codes are untouched."""
+  split = _split(60)
+  codes = np.arange(60 * 36, dtype=np.int32).reshape(60, 36)
+  plain = demo.GenSource(split, codes)
+  assert [plain[i]["caption"] for i in range(len(plain))] == [
+      c for caps in split.captions for c in caps]
+  applies = ["relation" in shapes_text.applicable_styles(s) for s in split.scenes]
+  assert 5 < sum(applies) < 60
+  for share in (1.0, 0.5):
+    gen = demo.GenSource(split, codes, relation_share=share, seed=3)
+    replaced = 0
+    for i in range(len(gen)):
+      img, k = divmod(i, gen.per)
+      rec = gen[i]
+      np.testing.assert_array_equal(rec["codes"], codes[img])
+      again = demo.GenSource(split, codes, relation_share=share, seed=3)[i]  # a pure function
+      assert again["caption"] == rec["caption"]
+      if not applies[img]:
+        assert rec["caption"] == split.captions[img][k]
+        continue
+      m = _RELATION.fullmatch(rec["caption"])
+      if m is None:
+        assert share < 1.0 and rec["caption"] == split.captions[img][k]
+        continue
+      replaced += rec["caption"] != split.captions[img][k]
+      c1, s1, rel, c2, s2 = m.groups()
+      cells = {o.descriptor: o.cell for o in split.scenes[img].objects}
+      assert shapes_text.RELATIONS[rel](cells[(c1, s1)], cells[(c2, s2)]), rec["caption"]
+    n = sum(applies) * gen.per
+    if share == 1.0:
+      assert replaced >= 0.8 * n  # a fresh relation caption may equal the stored one
+    else:
+      assert 0.3 * n < replaced < 0.7 * n
+  with pytest.raises(ValueError, match="relation_share must be in"):
+    demo.GenSource(split, codes, relation_share=1.5)
+
+
 def test_demo_cli_refuses_two_single_step_modes(tmp_path, capsys):
   with pytest.raises(SystemExit):
     demo.main(["--out", str(tmp_path), "--evaluate", str(ASSET), "--continue_from", str(ASSET)])
@@ -115,6 +170,39 @@ def test_vq_training_reduces_the_reconstruction_error():
   assert vq_training.psnr(cfg, params, images) > before + 3.0
   codes = vq_training.encode(cfg, params, images)
   assert codes.shape == (8, 16 * 16) and codes.dtype == np.int32 and codes.max() < 32
+
+
+def test_foreground_weights_weigh_the_pixels_off_the_background():
+  scenes = list(world.split_scenes("train", 4))
+  images = world.render_batch(scenes, 48)
+  w = np.asarray(vq_training.foreground_weights(vq_training.to_unit(images), world.BACKGROUND,
+                                                2.0))
+  assert w.shape == (4, 48, 48, 1)
+  off = np.abs(images.astype(int) - np.array(world.BACKGROUND)).sum(-1) >= 4
+  np.testing.assert_array_equal(w[..., 0], np.where(off, 3.0, 1.0))
+  assert 0.03 < off.mean() < 0.5  # shapes, with their anti-aliased edges, not the background
+
+
+def test_weighted_reconstruction_is_the_weighted_mean_squared_error():
+  cfg = vq.Config(codebook_size=16, codebook_dim=4, z_channels=8, base_channels=8,
+                  ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
+  model = vq.Model(cfg)
+  params = vq_training.init(cfg, 32)
+  pixels = vq_training.to_unit(world.render_batch(list(world.split_scenes("train", 2)), 32))
+  weights = vq_training.foreground_weights(pixels, world.BACKGROUND, 2.0)
+  apply = lambda *a: model.apply({"params": params}, *a, method=vq.Model.loss_and_codes)
+  _, (plain, _, _) = apply(pixels)
+  _, (ones, _, _) = apply(pixels, np.ones((2, 32, 32, 1), np.float32))
+  _, (weighted, _, _) = apply(pixels, weights)
+  decoded = model.apply({"params": params}, pixels, method=lambda m, x: m.decode(m.encode(x)[0]))
+  err = np.square(np.asarray(decoded, np.float32) - np.asarray(pixels))
+  np.testing.assert_allclose(float(plain["reconstruction"]), err.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(ones["reconstruction"]), err.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(weighted["reconstruction"]),
+                             (err * np.asarray(weights)).mean(), rtol=1e-5)
+  assert float(weighted["reconstruction"]) > float(plain["reconstruction"])
+  with pytest.raises(ValueError, match="background colour"):
+    vq_training.make_step(cfg, optax.adam(1e-3), foreground_weight=2.0)
 
 
 def test_vq_readable_and_psnr_of_take_reconstructions_made_once():

@@ -406,14 +406,20 @@ class Model(nn.Module):
     total, (terms, _, _) = self.loss_and_codes(pixels)
     return total, terms
 
-  def loss_and_codes(self, pixels: jax.Array):
+  def loss_and_codes(self, pixels: jax.Array, pixel_weights: jax.Array | None = None):
     """`loss` plus what the trainer's dead-code restarts need: (total, (terms, codes (B, P),
-    latents (B, h, w, E) the codes were chosen for, before normalisation))."""
+    latents (B, h, w, E) the codes were chosen for, before normalisation)).
+
+    pixel_weights: optional (B, H, W, 1) weights of each pixel's squared error in the
+    `reconstruction` term (its mean over pixels and channels then weighs them); None: plain MSE.
+    """
     z = self.latents(pixels)
     quant, codes, losses = self.quantize(z)
     recon = self.decode(quant).astype(jnp.float32)
-    terms = {"reconstruction": jnp.mean(jnp.square(recon - pixels.astype(jnp.float32))),
-             **losses}
+    err = jnp.square(recon - pixels.astype(jnp.float32))
+    if pixel_weights is not None:
+      err = err * pixel_weights.astype(jnp.float32)
+    terms = {"reconstruction": jnp.mean(err), **losses}
     return sum(terms.values()), (terms, codes, z)
 
   def init_all(self, pixels: jax.Array) -> jax.Array:
