@@ -76,6 +76,8 @@ def make_step(config: vq.Config, tx: optax.GradientTransformation,
   With `foreground_weight` > 0 the reconstruction error of pixels off the flat `background`
   counts 1 + `foreground_weight` times (`foreground_weights`).
   """
+  if foreground_weight < 0:
+    raise ValueError(f"foreground_weight must be >= 0, got {foreground_weight}")
   if foreground_weight and background is None:
     raise ValueError("foreground_weight needs the background colour it is measured against")
   model = vq.Model(config)

@@ -203,6 +203,9 @@ def test_weighted_reconstruction_is_the_weighted_mean_squared_error():
   assert float(weighted["reconstruction"]) > float(plain["reconstruction"])
   with pytest.raises(ValueError, match="background colour"):
     vq_training.make_step(cfg, optax.adam(1e-3), foreground_weight=2.0)
+  with pytest.raises(ValueError, match="foreground_weight must be >= 0"):
+    vq_training.make_step(cfg, optax.adam(1e-3), foreground_weight=-1.0,
+                          background=world.BACKGROUND)
 
 
 def test_vq_readable_and_psnr_of_take_reconstructions_made_once():

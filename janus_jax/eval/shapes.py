@@ -255,6 +255,20 @@ def report(results: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
+def _load_checkpoint(p: argparse.ArgumentParser, args, load):
+  """(path, `load(path, model_adapter)`) for --checkpoint, the shipped checkpoint by default;
+  exits with a usage error that names the checkpoint when there is none or it does not load."""
+  from janus_jax.eval import model_adapter  # jax and the model only when a checkpoint is asked for
+  ckpt = args.checkpoint or model_adapter.default_checkpoint()
+  if ckpt is None:
+    p.error("no --checkpoint given and no checkpoint is shipped yet (issue 7)"
+            + ("" if args.oracle else "; try --oracle"))
+  try:
+    return ckpt, load(ckpt, model_adapter)
+  except (FileNotFoundError, ValueError) as e:
+    p.error(f"cannot load checkpoint {ckpt}: {e}")
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--checkpoint", help="checkpoint directory (converted Janus layout)")
@@ -287,14 +301,8 @@ def main(argv=None) -> None:
   if args.oracle:
     transform = None
     if args.through_vq:
-      from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
-      ckpt = args.checkpoint or model_adapter.default_checkpoint()
-      if ckpt is None:
-        p.error("--through_vq needs a --checkpoint (none is shipped)")
-      try:
-        transform, vq_size = model_adapter.vq_round_trip(ckpt)
-      except (FileNotFoundError, ValueError) as e:
-        p.error(f"cannot load checkpoint {ckpt}: {e}")
+      ckpt, (transform, vq_size) = _load_checkpoint(
+          p, args, lambda path, model_adapter: model_adapter.vq_round_trip(path))
       if args.image_size not in (None, vq_size):
         p.error(f"--image_size {args.image_size}: the VQ of {ckpt} was trained at {vq_size}")
       args.image_size = vq_size
@@ -302,16 +310,10 @@ def main(argv=None) -> None:
     adapter = OracleAdapter(gen, [u.scene for u in und], args.image_size, args.degrade, args.seed,
                             transform)
   else:
-    from janus_jax.eval import model_adapter  # jax and the model only when a model is asked for
-    ckpt = args.checkpoint or model_adapter.default_checkpoint()
-    if ckpt is None:
-      p.error("no --checkpoint given and no checkpoint is shipped yet (issue 7); try --oracle")
-    try:
+    def load(path, model_adapter):
       w = model_adapter.FROM_CHECKPOINT if args.cfg_weight is None else args.cfg_weight
-      adapter = model_adapter.load(ckpt, cfg_weight=w,
-                                   temperature=args.temperature, seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
-      p.error(f"cannot load checkpoint {ckpt}: {e}")
+      return model_adapter.load(path, cfg_weight=w, temperature=args.temperature, seed=args.seed)
+    _, adapter = _load_checkpoint(p, args, load)
     args.image_size = args.image_size or adapter.image_size
   results = evaluate(adapter, gen, und, args.image_size, args.batch_size, args.images_per_prompt,
                      log=lambda m: print(m, flush=True))
