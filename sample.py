@@ -372,6 +372,8 @@ def run(cfg, req: Request) -> int:
   template = template_family(name, model, cfg, path, meta)
   if cfg.t2i.cfg_weight is None:
     cfg.t2i.cfg_weight = image_ar.checkpoint_cfg_weight(meta)
+  if cfg.t2i.temperature is None:
+    cfg.t2i.temperature = image_ar.checkpoint_temperature(meta)
   print(f"loaded {name} checkpoint {path} ({template} template, {len(jax.devices())} "
         f"device(s), {time.time() - start:.1f}s)", file=sys.stderr)
   if prompts:

@@ -39,7 +39,9 @@ def get_config(arg=None):
   # "sampling": {"cfg_weight": w}, as the shapes demo writes) or else the reference's 5.0.
   # JanusFlow uses flow_cfg_weight.
   c.t2i.cfg_weight = ml_collections.FieldReference(None, field_type=float)
-  c.t2i.temperature = 1.0  # 0 = greedy
+  # 0 = greedy. None: the checkpoint's recommendation (config.json "sampling": {"temperature":
+  # t}, chosen with the guidance weight by the shapes demo) or else the reference's 1.0.
+  c.t2i.temperature = ml_collections.FieldReference(None, field_type=float)
   c.t2i.top_k = 0  # 0 = off
   c.t2i.top_p = 1.0  # 1 = off
   c.t2i.image_size = 384  # pixels; image tokens = (image_size / 16)^2 = 576

@@ -18,7 +18,8 @@ One command, in order (each step prints what it did and how long it took):
                 stage's weights are exported to OUT/stages/<name> and start the next
   6. export     `OUT/checkpoint`: config.json + params/chunk_000 (the converter's layout, read by
                 `janus_jax.convert.driver.load_converted`, sample.py and ShapesEval) + tokenizer
-  7. eval       the guidance weight chosen on the validation split (written into config.json),
+  7. eval       the guidance weight and temperature chosen on the validation split (written
+                into config.json),
                 then ShapesEval on the test split; the table goes to OUT/eval.txt
 
 Each Janus stage is one call of train.py's `train` (the loop `python train.py` runs: sharded
@@ -30,6 +31,7 @@ converted release would), the batches from the in-memory shapes sources below.
 
 import argparse
 import dataclasses
+import itertools
 import json
 import pathlib
 import shutil
@@ -422,7 +424,8 @@ def run(c, out: pathlib.Path) -> dict:
   gen = GenSource(world["train"], codes, c.relation_captions, c.seed)
   meta = {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
           "system_prompt": c.system_prompt,
-          "sampling": {"cfg_weight": c.eval.cfg_weight},  # until select_guidance
+          # until select_sampling
+          "sampling": {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature},
           "vq_psnr_test": summary["vq_psnr_test"]}
   init = out / "stages" / "init"
   export(init, cfg, params, tok_dir, "float32", meta)
@@ -439,7 +442,7 @@ def run(c, out: pathlib.Path) -> dict:
 
   if c.eval.run:
     t = time.time()
-    summary["cfg_weight"] = select_guidance(ckpt, c)
+    summary["sampling"] = select_sampling(ckpt, c)
     summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
     done("eval", t)
   summary["times"] = times
@@ -471,60 +474,67 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
                                                        "skipped", "chunks")}
   extra["continued_from"] = str(init)
   extra["system_prompt"] = c.system_prompt
-  extra["sampling"] = {"cfg_weight": c.eval.cfg_weight}
+  extra["sampling"] = {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature}
   params, last = train_stages(c, cfg, tok, und, gen, init, out, init, extra, 10)
   ckpt = out / "checkpoint"
   summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
              "final_metrics": _scalars(last),
              "train_seconds": round(time.time() - t0, 1)}
   if c.eval.run:
-    summary["cfg_weight"] = select_guidance(ckpt, c)
+    summary["sampling"] = select_sampling(ckpt, c)
     summary["shapes_eval"] = evaluate(ckpt, c, out / "eval.txt")
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   log(f"summary: {json.dumps(summary)}")
   return summary
 
 
-def select_guidance(ckpt: pathlib.Path, c) -> float:
-  """Picks the guidance weight among `c.eval.cfg_candidates` by ShapesEval generation accuracy on
-  the validation split (training compositions, never the held-out test ones) and records it in
-  the checkpoint's config.json ("sampling"), where sample.py and ShapesEval read it."""
+def select_sampling(ckpt: pathlib.Path, c) -> dict:
+  """Picks the guidance weight and image-token temperature (every pair of
+  `c.eval.cfg_candidates` x `c.eval.temperature_candidates`) by ShapesEval generation accuracy on
+  `c.eval.select_per_category` prompts per category of the validation split (training
+  compositions, never the held-out test ones), and records them in the checkpoint's config.json
+  ("sampling"), where sample.py and ShapesEval read them. Returns {"cfg_weight", "temperature"}."""
   from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
   from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
   from janus_jax.sampling import image_ar  # pylint: disable=g-import-not-at-top
   e = c.eval
-  if not e.cfg_candidates:
-    raise ValueError("eval.cfg_candidates is empty: no guidance weight to choose from")
-  items = shapes.gen_items(e.per_category, c.seed, split="validation")
+  for name in ("cfg_candidates", "temperature_candidates"):
+    if not e[name]:
+      raise ValueError(f"eval.{name} is empty: no sampling setting to choose from")
+  items = shapes.gen_items(e.select_per_category, c.seed, split="validation")
   loaded = model_adapter.load(str(ckpt))  # read once; each candidate gets a fresh adapter (seed)
   scores = {}
-  for w in map(float, e.cfg_candidates):
+  for w, t in itertools.product(map(float, e.cfg_candidates), map(float, e.temperature_candidates)):
     adapter = model_adapter.ModelAdapter(
-        loaded.model, loaded.params, loaded.tok, cfg_weight=w, temperature=e.temperature,
+        loaded.model, loaded.params, loaded.tok, cfg_weight=w, temperature=t,
         seed=c.seed, image_size=c.image_size, system_prompt=loaded.system_prompt)
-    scores[w] = shapes.evaluate(adapter, items, [], c.image_size,
-                                log=lambda m: None)["gen_overall"]
-    log(f"guidance {w}: validation gen_overall={scores[w]:.3f}")
-  ref = image_ar.REFERENCE_CFG_WEIGHT
-  best = max(scores, key=lambda w: (scores[w], -abs(w - ref)))  # ties: nearer the reference's
+    scores[w, t] = shapes.evaluate(adapter, items, [], c.image_size,
+                                   log=lambda m: None)["gen_overall"]
+    log(f"guidance {w}, temperature {t}: validation gen_overall={scores[w, t]:.3f}")
+  ref_w, ref_t = image_ar.REFERENCE_CFG_WEIGHT, image_ar.REFERENCE_TEMPERATURE
+  # ties: nearer the reference's settings
+  w, t = max(scores, key=lambda k: (scores[k], -abs(k[0] - ref_w), -abs(k[1] - ref_t)))
   meta_path = ckpt / "config.json"
   meta = json.loads(meta_path.read_text())
-  meta["sampling"] = {"cfg_weight": best}
-  meta["guidance_selection"] = {"split": "validation", "gen_overall": scores}
+  meta["sampling"] = {"cfg_weight": w, "temperature": t}
+  meta["sampling_selection"] = {
+      "split": "validation", "per_category": e.select_per_category,
+      "gen_overall": {f"cfg_weight={k[0]} temperature={k[1]}": v for k, v in scores.items()}}
+  meta.pop("guidance_selection", None)  # what a checkpoint of an earlier recipe recorded
   meta_path.write_text(json.dumps(meta, indent=1))
-  log(f"chose guidance {best} (written to {meta_path})")
-  return best
+  log(f"chose guidance {w}, temperature {t} (written to {meta_path})")
+  return meta["sampling"]
 
 
 def evaluate(ckpt: pathlib.Path, c, report_path: pathlib.Path) -> dict:
-  """ShapesEval on an exported checkpoint at its recorded guidance weight (`select_guidance`);
-  writes the printed table to `report_path`."""
+  """ShapesEval on an exported checkpoint at its recorded guidance weight and temperature
+  (`select_sampling`); writes the printed table to `report_path`."""
   from janus_jax.eval import model_adapter  # pylint: disable=g-import-not-at-top
   from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
   e = c.eval
-  adapter = model_adapter.load(str(ckpt), temperature=e.temperature, seed=c.seed,
-                               image_size=c.image_size)
-  log(f"ShapesEval (test split) at guidance {adapter.cfg_weight}")
+  adapter = model_adapter.load(str(ckpt), seed=c.seed, image_size=c.image_size)
+  log(f"ShapesEval (test split) at guidance {adapter.cfg_weight}, temperature "
+      f"{adapter.temperature}")
   results = shapes.evaluate(adapter, shapes.gen_items(e.per_category, c.seed),
                             shapes.und_items(e.questions, c.seed), c.image_size, log=log)
   table = shapes.report(results)
@@ -579,7 +589,7 @@ def main(argv=None) -> int:
   p.add_argument("--continue_from", default=None, metavar="CKPT",
                  help="run only the config's Janus stages, starting from this exported checkpoint")
   p.add_argument("--evaluate", default=None, metavar="CKPT",
-                 help="run only step 7 on an exported checkpoint: choose its guidance weight on "
+                 help="run only step 7 on an exported checkpoint: choose its sampling settings on "
                       "the validation split, then ShapesEval on test (report in --out)")
   args = p.parse_args(argv)
   if args.evaluate and args.continue_from:
@@ -594,7 +604,7 @@ def main(argv=None) -> int:
       p.error(f"--evaluate {ckpt}: no config.json; not an exported checkpoint")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    select_guidance(ckpt, c)
+    select_sampling(ckpt, c)
     evaluate(ckpt, c, out / "eval.txt")
   elif args.continue_from:
     init = pathlib.Path(args.continue_from)

@@ -42,9 +42,9 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   assert summary["final_metrics"]["tokens_und"] > 0 and summary["final_metrics"]["tokens_gen"] > 0
   meta = json.loads((ckpt / "config.json").read_text())
   assert meta["family"] == "janus" and meta["image_size"] == 48
-  # Trained without a system prompt and with a chosen guidance weight: both travel with it.
+  # Trained without a system prompt and with chosen sampling settings: both travel with it.
   assert meta["system_prompt"] == c.system_prompt == ""
-  assert meta["sampling"] == {"cfg_weight": c.eval.cfg_weight}
+  assert meta["sampling"] == {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature}
   config, params = driver.load_converted(ckpt)
   assert isinstance(config, janus.Config)
   assert config.image_tokens == 36 and config.vq.downsample_factor == 8  # 6x6 at 48 px
@@ -66,19 +66,28 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   # The exported folder drives the real samplers through the ShapesEval adapter.
   adapter = model_adapter.load(str(ckpt), temperature=0)
   assert adapter.system_prompt == "" and adapter.cfg_weight == c.eval.cfg_weight
+  assert adapter.temperature == 0  # given; else the checkpoint's (below)
   assert adapter.image_size == 48  # from config.json
   images = adapter.generate_images(["a red circle"])
   assert images.shape == (1, 48, 48, 3) and images.dtype == np.uint8
   answers = adapter.answer(world.render_batch([world.sample_scene(np.random.default_rng(0))]),
                            ["how many shapes are there?"])
   assert len(answers) == 1 and isinstance(answers[0], str)
-  # Step 7's guidance choice (validation split) lands in config.json for sample.py/ShapesEval.
-  c.eval.per_category, c.eval.cfg_candidates = 1, (1.0, 2.0)
-  w = demo.select_guidance(ckpt, c)
+  # Step 7's choice of guidance and temperature (validation split) lands in config.json for
+  # sample.py and ShapesEval.
+  c.eval.select_per_category, c.eval.cfg_candidates = 1, (1.0, 2.0)
+  c.eval.temperature_candidates = (0.5, 1.0)
+  chosen = demo.select_sampling(ckpt, c)
   meta = json.loads((ckpt / "config.json").read_text())
-  assert w in (1.0, 2.0) and meta["sampling"] == {"cfg_weight": w}
-  assert set(meta["guidance_selection"]["gen_overall"]) == {"1.0", "2.0"}
-  assert model_adapter.load(str(ckpt)).cfg_weight == w
+  assert meta["sampling"] == chosen
+  assert chosen["cfg_weight"] in (1.0, 2.0) and chosen["temperature"] in (0.5, 1.0)
+  assert len(meta["sampling_selection"]["gen_overall"]) == 4
+  reloaded = model_adapter.load(str(ckpt))
+  assert (reloaded.cfg_weight, reloaded.temperature) == (chosen["cfg_weight"],
+                                                          chosen["temperature"])
+  c.eval.temperature_candidates = ()
+  with pytest.raises(ValueError, match="temperature_candidates"):
+    demo.select_sampling(ckpt, c)
 
 
 def test_config_overrides_are_checked():
@@ -301,15 +310,22 @@ def test_sample_without_arguments_draws_the_demo_prompts(tmp_path):
     assert (chroma > 80).mean() > 0.01
 
 
-def test_checkpoint_recommends_its_guidance_weight():
-  """sample.py's --cfg default: the checkpoint's config.json sampling.cfg_weight, else 5."""
-  assert sample_config.get_config().t2i.cfg_weight is None
+def test_checkpoint_recommends_its_sampling_settings():
+  """sample.py's --cfg and --temperature defaults: the checkpoint's config.json
+  sampling.cfg_weight / sampling.temperature, else the reference's 5 / 1."""
+  defaults = sample_config.get_config().t2i
+  assert defaults.cfg_weight is None and defaults.temperature is None
   assert image_ar.checkpoint_cfg_weight({}) == 5.0
+  assert image_ar.checkpoint_temperature({"sampling": {"cfg_weight": 2.5}}) == 1.0
   assert image_ar.checkpoint_cfg_weight({"sampling": {"cfg_weight": 2.5}}) == 2.5
+  assert image_ar.checkpoint_temperature({"sampling": {"temperature": 0.8}}) == 0.8
   with pytest.raises(ValueError, match="cfg_weight"):
     image_ar.checkpoint_cfg_weight({"sampling": {"cfg_weight": "high"}})
+  with pytest.raises(ValueError, match="sampling.temperature"):
+    image_ar.checkpoint_temperature({"sampling": {"temperature": -1}})
   meta = json.loads((ASSET / "config.json").read_text())
   assert image_ar.checkpoint_cfg_weight(meta) == meta["sampling"]["cfg_weight"]
+  assert image_ar.checkpoint_temperature(meta) == meta["sampling"].get("temperature", 1.0)
 
 
 def _demo_config(tmp_path, **chat):

@@ -49,6 +49,7 @@ class ModelAdapter:
     self.family = family
     self.system_prompt = system_prompt
     self.cfg_weight = cfg_weight
+    self.temperature = temperature
     self.sampler = samplers.Greedy() if temperature == 0 else samplers.Sampling(temperature)
     self.max_new_tokens = max_new_tokens
     self.image_size = image_size
@@ -88,7 +89,7 @@ class ModelAdapter:
     return list(ans.texts)
 
 
-FROM_CHECKPOINT = "checkpoint"  # `load(cfg_weight=...)`: the checkpoint's recommended weight
+FROM_CHECKPOINT = "checkpoint"  # `load(cfg_weight=..., temperature=...)`: the checkpoint's own
 
 
 def vq_round_trip(path: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
@@ -115,12 +116,15 @@ def _load_janus(path: pathlib.Path):
 def load(path: str, **kw) -> ModelAdapter:
   """An adapter for a converted checkpoint directory (`config.json` + `params/`, as written by
   `convert_torch.py`) holding a Janus model and its `tokenizer.json`. The system prompt and,
-  unless `cfg_weight` is given (or is `FROM_CHECKPOINT`), the guidance weight come from its
-  config.json, and so does `image_size` unless given; other keywords go to `ModelAdapter`."""
+  unless given (or given as `FROM_CHECKPOINT`), the guidance weight and image-token temperature
+  come from its config.json, and so does `image_size` unless given; other keywords go to
+  `ModelAdapter`."""
   config, params, meta = _load_janus(pathlib.Path(path))
   kw.setdefault("system_prompt", chat.checkpoint_system_prompt(meta))
   if meta.get("image_size"):  # a checkpoint trained at one size (the demo's) says so
     kw.setdefault("image_size", int(meta["image_size"]))
   if kw.get("cfg_weight", FROM_CHECKPOINT) == FROM_CHECKPOINT:
     kw["cfg_weight"] = image_ar.checkpoint_cfg_weight(meta)
+  if kw.get("temperature", FROM_CHECKPOINT) == FROM_CHECKPOINT:
+    kw["temperature"] = image_ar.checkpoint_temperature(meta)
   return ModelAdapter(janus.Model(config), params, tokenizer_lib.load(str(path)), **kw)

@@ -32,15 +32,26 @@ from janus_jax.sampling import samplers
 
 
 REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
+REFERENCE_TEMPERATURE = 1.0  # and its image-token temperature
+
+
+def _recommended(meta: dict, key: str, default: float) -> float:
+  value = (meta.get("sampling") or {}).get(key, default)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    raise ValueError(f"config.json sampling.{key} must be a number >= 0, got {value!r}")
+  return float(value)
 
 
 def checkpoint_cfg_weight(meta: dict) -> float:
   """The guidance weight a checkpoint's config.json recommends ("sampling": {"cfg_weight": w},
   as the shapes demo records it), else the reference's 5."""
-  w = (meta.get("sampling") or {}).get("cfg_weight", REFERENCE_CFG_WEIGHT)
-  if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-    raise ValueError(f"config.json sampling.cfg_weight must be a number >= 0, got {w!r}")
-  return float(w)
+  return _recommended(meta, "cfg_weight", REFERENCE_CFG_WEIGHT)
+
+
+def checkpoint_temperature(meta: dict) -> float:
+  """The image-token temperature a checkpoint's config.json recommends ("sampling":
+  {"temperature": t}, as the shapes demo records it), else the reference's 1."""
+  return _recommended(meta, "temperature", REFERENCE_TEMPERATURE)
 
 
 @dataclasses.dataclass(frozen=True)
