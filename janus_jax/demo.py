@@ -424,8 +424,7 @@ def run(c, out: pathlib.Path) -> dict:
   gen = GenSource(world["train"], codes, c.relation_captions, c.seed)
   meta = {"recipe": "python -m janus_jax.demo", "image_size": c.image_size,
           "system_prompt": c.system_prompt,
-          # until select_sampling
-          "sampling": {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature},
+          "sampling": _configured_sampling(c),
           "vq_psnr_test": summary["vq_psnr_test"]}
   init = out / "stages" / "init"
   export(init, cfg, params, tok_dir, "float32", meta)
@@ -474,7 +473,7 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
                                                        "skipped", "chunks")}
   extra["continued_from"] = str(init)
   extra["system_prompt"] = c.system_prompt
-  extra["sampling"] = {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature}
+  extra["sampling"] = _configured_sampling(c)
   params, last = train_stages(c, cfg, tok, und, gen, init, out, init, extra, 10)
   ckpt = out / "checkpoint"
   summary = {"checkpoint_bytes": export(ckpt, cfg, params, init, c.export_dtype, extra),
@@ -486,6 +485,11 @@ def continue_training(c, init: pathlib.Path, out: pathlib.Path) -> dict:
   (out / "summary.json").write_text(json.dumps(summary, indent=1))
   log(f"summary: {json.dumps(summary)}")
   return summary
+
+
+def _configured_sampling(c) -> dict:
+  """The "sampling" entry an exported checkpoint carries until `select_sampling` replaces it."""
+  return {"cfg_weight": c.eval.cfg_weight, "temperature": c.eval.temperature}
 
 
 def select_sampling(ckpt: pathlib.Path, c) -> dict:

@@ -50,7 +50,7 @@ class ModelAdapter:
     self.system_prompt = system_prompt
     self.cfg_weight = cfg_weight
     self.temperature = temperature
-    self.sampler = samplers.Greedy() if temperature == 0 else samplers.Sampling(temperature)
+    self.sampler = samplers.make(temperature)  # 0: greedy
     self.max_new_tokens = max_new_tokens
     self.image_size = image_size
     self.num_tokens = image_ar.image_tokens(model, image_size)
