@@ -161,7 +161,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # and temperature 1 scatters two-object scenes: at 3, or at temperature 1, every earlier
       # checkpoint scored 0.68-0.78. On 50 prompts per category the choice was noise: the
       # 1:6 run picked 1.5 / 0.5 there (0.820, ahead of 2 / 0.75 at 0.807), and on 200 per
-      # category 1.5 / 0.5 is its weakest of five pairs (0.816; 1.75 / 0.35: 0.847; 2 / 0.25:
+      # category 1.5 / 0.5 is among its weakest pairs (0.816; 1.75 / 0.35: 0.847; 2 / 0.25:
       # 0.844). Hence a finer grid around those, scored on 200 prompts per category (~2 min).
       select_per_category=200, cfg_weight=5.0, temperature=1.0,
       cfg_candidates=(1.5, 1.75, 2.0), temperature_candidates=(0.25, 0.35, 0.5)))
