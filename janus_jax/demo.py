@@ -502,13 +502,19 @@ def select_sampling(ckpt: pathlib.Path, c) -> dict:
   from janus_jax.eval import shapes  # pylint: disable=g-import-not-at-top
   from janus_jax.sampling import image_ar  # pylint: disable=g-import-not-at-top
   e = c.eval
+  # Refused before any scoring: a bad value would otherwise cost the whole grid, or be written
+  # into config.json where loading the checkpoint then refuses it.
+  if e.select_per_category < 1:
+    raise ValueError(f"eval.select_per_category must be >= 1, got {e.select_per_category}")
+  candidates = {}
   for name in ("cfg_candidates", "temperature_candidates"):
     if not e[name]:
       raise ValueError(f"eval.{name} is empty: no sampling setting to choose from")
+    candidates[name] = [image_ar.check_setting(v, f"eval.{name}") for v in e[name]]
   items = shapes.gen_items(e.select_per_category, c.seed, split="validation")
   loaded = model_adapter.load(str(ckpt))  # read once; each candidate gets a fresh adapter (seed)
   scores = {}
-  for w, t in itertools.product(map(float, e.cfg_candidates), map(float, e.temperature_candidates)):
+  for w, t in itertools.product(candidates["cfg_candidates"], candidates["temperature_candidates"]):
     adapter = model_adapter.ModelAdapter(
         loaded.model, loaded.params, loaded.tok, cfg_weight=w, temperature=t,
         seed=c.seed, image_size=c.image_size, system_prompt=loaded.system_prompt)

@@ -90,6 +90,21 @@ def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
     demo.select_sampling(ckpt, c)
 
 
+def test_sampling_selection_refuses_bad_settings_before_scoring(tmp_path):
+  # No checkpoint at tmp_path: each refusal must come before anything is loaded or scored.
+  c = demo.load_config(str(REPO / "configs" / "demo_shapes.py") + ":smoke", [])
+  c.eval.select_per_category = 0
+  with pytest.raises(ValueError, match="select_per_category"):
+    demo.select_sampling(tmp_path, c)
+  c.eval.select_per_category = 1
+  c.eval.cfg_candidates = (1.5, -1.0)
+  with pytest.raises(ValueError, match=r"eval.cfg_candidates must be a number >= 0, got -1.0"):
+    demo.select_sampling(tmp_path, c)
+  c.eval.cfg_candidates, c.eval.temperature_candidates = (1.5,), ("hot",)
+  with pytest.raises(ValueError, match="eval.temperature_candidates"):
+    demo.select_sampling(tmp_path, c)
+
+
 def test_config_overrides_are_checked():
   with pytest.raises(KeyError):
     demo.load_config(str(REPO / "configs" / "demo_shapes.py"), ["vq.no_such_field=1"])

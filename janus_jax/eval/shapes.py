@@ -146,6 +146,8 @@ def gen_items(per_category: int = 20, seed: int = 0, split: str = "test") -> lis
   """`per_category` items per category, each from a distinct scene of `split`: "test" (held-out
   compositions: the score) or "validation" (training compositions, other scenes: for choosing
   sampling settings without looking at the test split)."""
+  if per_category < 0:
+    raise ValueError(f"per_category must be >= 0, got {per_category}")
   rng = np.random.default_rng([seed, 7])
   items = {c: [] for c in CATEGORIES}
   for scene in world.split_scenes(split, 100 * per_category * len(CATEGORIES), seed):
@@ -162,6 +164,8 @@ def gen_items(per_category: int = 20, seed: int = 0, split: str = "test") -> lis
 
 def und_items(num: int = 200, seed: int = 0, split: str = "test") -> list[UndItem]:
   """One question per scene of `split` (held-out test scenes by default), its kind at random."""
+  if num < 0:
+    raise ValueError(f"num must be >= 0, got {num}")
   rng = np.random.default_rng([seed, 8])
   out = []
   for scene in world.split_scenes(split, num, seed + 1):  # other scenes than generation's
@@ -298,6 +302,9 @@ def main(argv=None) -> None:
                  help="test: held-out compositions (the score); validation: training "
                       "compositions, for choosing sampling settings")
   args = p.parse_args(argv)
+  for flag in ("per_category", "questions"):
+    if getattr(args, flag) < 0:
+      p.error(f"--{flag} must be >= 0, got {getattr(args, flag)}")
   gen = gen_items(args.per_category, args.seed, args.split)
   und = und_items(args.questions, args.seed, args.split)
   if args.through_vq and not args.oracle:

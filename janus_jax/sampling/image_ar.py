@@ -35,11 +35,17 @@ REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
 REFERENCE_TEMPERATURE = 1.0  # and its image-token temperature
 
 
+def check_setting(value, name: str) -> float:
+  """`value` as a float if it can be a guidance weight or a temperature (a number >= 0, not a
+  bool); otherwise a ValueError that names it `name` (e.g. "config.json sampling.cfg_weight")."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+  return float(value)
+
+
 def _recommended(meta: dict, key: str, default: float) -> float:
   value = (meta.get("sampling") or {}).get(key, default)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-    raise ValueError(f"config.json sampling.{key} must be a number >= 0, got {value!r}")
-  return float(value)
+  return check_setting(value, f"config.json sampling.{key}")
 
 
 def checkpoint_cfg_weight(meta: dict) -> float:

@@ -154,3 +154,14 @@ def test_understanding_is_broken_down_by_question_kind():
   assert report[-1].startswith("gen_overall=") and any("questions)" in l for l in report)
   with pytest.raises(ValueError, match="not in the shapes-world question grammar"):
     text.question_kind("why is the sky blue?")
+
+
+def test_negative_prompt_counts_are_refused(capsys):
+  assert shapes.gen_items(0) == []  # understanding only
+  with pytest.raises(ValueError, match="per_category must be >= 0, got -1"):
+    shapes.gen_items(-1)
+  with pytest.raises(ValueError, match="num must be >= 0, got -1"):
+    shapes.und_items(-1)
+  with pytest.raises(SystemExit):
+    shapes.main(["--oracle", "--questions", "-2"])
+  assert "--questions must be >= 0, got -2" in capsys.readouterr().err
