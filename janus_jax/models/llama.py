@@ -11,12 +11,15 @@ k/v (D, K, H), o (N, H, D).
 Positions are always supplied by the caller (plain `0..T-1`, a cache offset, or
 `cumsum(mask) - 1` for left-padded prompts, as HF `generate` does). Masking is by *slot*: query
 slot i may see key slot j <= i whose token is valid and, when segment ids are given, in the same
-segment. The KV cache is an explicit pytree with a fixed capacity; every row writes the same
-slots, which left padding makes possible.
+segment. The KV cache is an explicit pytree with a fixed capacity (one buffer pair per layer);
+every row writes the same slots, which left padding makes possible. Training runs the layers as
+the `nn.scan`; cached decoding runs them one by one, best on parameters split per layer
+(`split_layers`), and grows its cache in stages (`segment_capacities`, `grow_cache`).
 """
 
 import dataclasses
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -114,32 +117,61 @@ REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class Cache:
-  """Fixed-capacity KV cache for all layers.
+  """Fixed-capacity KV cache, one buffer pair per layer.
 
-  k, v: (L, B, K, S, H) (slots next to head dim, so a layer's first slots are one strided read).
+  k, v: L-tuples of (B, K, S, H) arrays. Separate buffers, not one stacked (L, ...) array:
+    a decode step then updates each layer's buffer in place and hands it to the attention dots
+    as it is, where slicing a layer out of a stacked cache inside the step copies it first.
   valid: (B, S) bool, slot holds a real (unmasked) token.
   index: int32 scalar, the next slot to write (shared by all rows).
   """
 
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   valid: jax.Array
   index: jax.Array
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[3]
+    return self.valid.shape[1]
 
 
 def init_cache(config: Config, batch: int, capacity: int, dtype: Dtype = jnp.float32) -> Cache:
   """An empty cache of `capacity` slots for `batch` rows."""
-  shape = (config.num_layers, batch, config.num_kv_heads, capacity, config.head_dim)
-  return Cache(
-      k=jnp.zeros(shape, dtype),
-      v=jnp.zeros(shape, dtype),
-      valid=jnp.zeros((batch, capacity), bool),
-      index=jnp.zeros((), jnp.int32),
-  )
+  shape = (batch, config.num_kv_heads, capacity, config.head_dim)
+  zeros = lambda: tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers))  # noqa: E731
+  return Cache(k=zeros(), v=zeros(), valid=jnp.zeros((batch, capacity), bool),
+               index=jnp.zeros((), jnp.int32))
+
+
+def grow_cache(cache: Cache, capacity: int) -> Cache:
+  """The same cache with `capacity` slots; the new slots are empty (invalid)."""
+  extra = capacity - cache.capacity
+  if extra < 0:
+    raise ValueError(f"cannot shrink a cache of {cache.capacity} slots to {capacity}")
+  if extra == 0:
+    return cache
+  pad = lambda a: jnp.pad(a, [(0, 0), (0, 0), (0, extra), (0, 0)])  # noqa: E731
+  return Cache(k=tuple(map(pad, cache.k)), v=tuple(map(pad, cache.v)),
+               valid=jnp.pad(cache.valid, [(0, 0), (0, extra)]), index=cache.index)
+
+
+def segment_capacities(start: int, capacity: int, segments: int) -> list[int]:
+  """Cache sizes for decoding in `segments` stages from `start` written slots to `capacity`.
+
+  Every decode step attends over its whole cache buffer, so a run that fills a cache of its
+  final size from the first step on reads slots that hold nothing yet. Decoding instead grows
+  the cache (`grow_cache`) through these sizes, one compiled loop per size, and step s uses the
+  smallest one above its slot: about (1 + 1/segments) / 2 of the final cache is read on average
+  instead of all of it. Returns increasing sizes > start, the last equal to `capacity`.
+  """
+  if not 0 <= start < capacity:
+    raise ValueError(f"need 0 <= start < capacity, got start={start}, capacity={capacity}")
+  if segments < 1:
+    raise ValueError(f"segments must be >= 1, got {segments}")
+  span = capacity - start
+  sizes = {start + -(-span * (j + 1) // segments) for j in range(segments)}
+  return sorted(sizes)
 
 
 @flax.struct.dataclass
@@ -196,18 +228,6 @@ def attention_mask(q_slots, kv_slots, kv_valid, q_segments=None, kv_segments=Non
   return mask
 
 
-# Decoding attends to the cache in this many size classes: a step reads only the smallest
-# prefix of whole classes that covers the slots written so far (the rest are masked anyway).
-# CPU decoding is memory-bound, and a fixed-capacity cache would otherwise be read in full
-# from the first step on; with 8 classes a run reads ~9/16 of it on average instead.
-_READ_BUCKETS = 8
-
-
-def _bucket_sizes(capacity: int) -> list[int]:
-  n = min(_READ_BUCKETS, capacity)
-  return [-(-capacity * (j + 1) // n) for j in range(n)]
-
-
 class Attention(nn.Module):
   """Multi-head causal self-attention with RoPE, GQA and an optional per-layer KV cache."""
 
@@ -221,16 +241,13 @@ class Attention(nn.Module):
 
     Args:
       x: (B, T, D). positions: (B, T).
-      mask: without a cache, (B, T, T) bool. With one, a pair ((B, T, S) over the cached
-        slots, (B, T, T) among the new tokens).
-      kv: None, or (cache k, cache v, layer, written): the whole stacked cache, each
-        (L, B, K, S, H), this layer's index and the number of slots written (int32 scalars).
-        Only this layer's first slots that cover `written` are read (see `_READ_BUCKETS`);
-        the cache is never rewritten here: the new keys/values are returned, and the decoder
-        writes all layers' at once after the layer scan (a per-layer full-cache update would
-        copy the whole cache every step).
+      mask: (B, T, T) bool without a cache; with one, (B, T, S) over the cache slots once the
+        new tokens are written into them.
+      kv: None, or (k, v, index): this layer's cache buffers, each (B, K, S, H), and the slot
+        the first new token goes to (int32 scalar). The new keys/values are written there and
+        the new tokens attend over the whole buffer (the mask hides what they must not see).
     Returns:
-      (out (B, T, D), (new k, new v) each (B, K, T, H) or None).
+      (out (B, T, D), the updated (k, v) buffers or None).
     """
     c = self.config
     d, n, k_, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
@@ -249,40 +266,19 @@ class Attention(nn.Module):
     k = rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
     q = q.reshape(q.shape[:2] + (k_, n // k_, h))  # (B, T, K, G, H)
-
-    def masked(logits, m):
-      return jnp.where(m[:, None, None], logits * (h ** -0.5), _MASK_VALUE)
-
-    # New tokens (letters T for queries, U for keys); one softmax spans cached and new keys.
-    new = jnp.einsum("BTKGH,BUKH->BKGTU", q, k, preferred_element_type=jnp.float32)
-    if kv is None:
-      probs = jax.nn.softmax(masked(new, mask), axis=-1).astype(self.dtype)
-      out = jnp.einsum("BKGTU,BUKH->BTKGH", probs, v)
-      new_kv = None
-    else:
-      ck_all, cv_all, layer, written = kv
-      cached_mask, new_mask = mask
-      new = masked(new, new_mask)
-
-      def attend(s):  # over this layer's first s cached slots and the new tokens
-        def branch():
-          start = (layer, 0, 0, 0, 0)
-          shape = (1,) + ck_all.shape[1:3] + (s, ck_all.shape[4])
-          ck = jax.lax.dynamic_slice(ck_all, start, shape)[0].astype(self.dtype)
-          cv = jax.lax.dynamic_slice(cv_all, start, shape)[0].astype(self.dtype)
-          old = jnp.einsum("BTKGH,BKSH->BKGTS", q, ck, preferred_element_type=jnp.float32)
-          logits = jnp.concatenate([masked(old, cached_mask[..., :s]), new], axis=-1)
-          probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-          return (jnp.einsum("BKGTS,BKSH->BTKGH", probs[..., :s], cv)
-                  + jnp.einsum("BKGTU,BUKH->BTKGH", probs[..., s:], v))
-        return branch
-
-      capacity = ck_all.shape[3]
-      sizes = _bucket_sizes(capacity)
-      bucket = jnp.clip((written * len(sizes) + capacity - 1) // capacity - 1, 0, len(sizes) - 1)
-      out = jax.lax.switch(bucket, [attend(size) for size in sizes])
-      new_kv = (k.transpose(0, 2, 1, 3).astype(ck_all.dtype),
-                v.transpose(0, 2, 1, 3).astype(cv_all.dtype))
+    if kv is None:  # keys (B, S, K, H) are the new tokens' own
+      keys, values, new_kv, spec = k, v, None, "BSKH"
+    else:  # write the new keys/values into this layer's (B, K, S, H) cache, read all of it
+      ck, cv, index = kv
+      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(  # noqa: E731
+          buf, new.transpose(0, 2, 1, 3).astype(buf.dtype), index, axis=2)
+      keys, values = write(ck, k), write(cv, v)
+      new_kv, spec = (keys, values), "BKSH"
+    logits = jnp.einsum(f"BTKGH,{spec}->BKGTS", q, keys.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    logits = jnp.where(mask[:, None, None], logits * (h ** -0.5), _MASK_VALUE)
+    probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum(f"BKGTS,{spec}->BTKGH", probs, values.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (n, h))
     return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_kv
 
@@ -313,14 +309,13 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, carry, layer_idx, positions, mask, cache, tap_layer):
-    """cache: None, or (k, v, written) of the whole stacked cache (see `Attention`)."""
+    """cache: None, or this layer's (k, v, index) (see `Attention`)."""
     x, tap = carry
-    kv = None if cache is None else (cache[0], cache[1], layer_idx, cache[2])
     c = self.config
     norm = functools.partial(layers.RMSNorm, eps=c.rms_norm_eps, axis_name="embed",
                              dtype=self.dtype, param_dtype=self.param_dtype)
     h, new_kv = Attention(c, self.dtype, self.param_dtype, name="self_attn")(
-        norm(name="input_layernorm")(x), positions, mask, kv)
+        norm(name="input_layernorm")(x), positions, mask, cache)
     x = x + h
     x = x + Mlp(c, self.dtype, self.param_dtype, name="mlp")(
         norm(name="post_attention_layernorm")(x))
@@ -381,35 +376,66 @@ class Decoder(nn.Module):
     """
     b, t, _ = embeds.shape
     valid = jnp.ones((b, t), bool) if attn_mask is None else attn_mask.astype(bool)
+    x = nn.with_logical_constraint(embeds.astype(self.dtype), ("act_batch", "act_len", "act_emb"))
+    tap = None if tap_layer is None else jnp.zeros_like(x)
+    tap_layer = tap_layer if tap_layer is not None else -1
+    stacked = None if self.is_initializing() else nn.meta.unbox(self.variables["params"]["layers"])
+    split = isinstance(stacked, (tuple, list))  # `split_layers` was applied
     if cache is None:
       slots = jnp.arange(t)
       mask = attention_mask(slots, slots, valid, segment_ids, segment_ids, branch_ids, branch_ids)
-      kv = None
+      if not split:
+        layer_ids = jnp.arange(self.config.num_layers)
+        (x, tap), _ = self.layers((x, tap), layer_ids, positions, mask, None, tap_layer)
+        return Output(hidden=self.norm(x), tap=tap)
     else:
       if segment_ids is not None or branch_ids is not None:
-        raise ValueError("segment_ids / branch_ids are for packed training sequences, not cached "
-                         "decoding")
-      index = cache.index
-      kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, index, axis=1)
-      # Every new token sees all valid slots written before `index`, and the new tokens
-      # causally among themselves.
-      written = cache.valid & (jnp.arange(cache.capacity) < index)[None]
-      slots = jnp.arange(t)
-      mask = (jnp.broadcast_to(written[:, None, :], (b, t, cache.capacity)),
-              attention_mask(slots, slots, valid))
-      kv = (cache.k, cache.v, index)
-    x = nn.with_logical_constraint(embeds.astype(self.dtype), ("act_batch", "act_len", "act_emb"))
-    tap = None if tap_layer is None else jnp.zeros_like(x)
-    layer_ids = jnp.arange(self.config.num_layers)
-    (x, tap), new_kv = self.layers((x, tap), layer_ids, positions, mask, kv,
-                                   tap_layer if tap_layer is not None else -1)
+        raise ValueError("segment_ids / branch_ids are for packed training sequences, not "
+                         "cached decoding")
+      if stacked is None:
+        raise ValueError("initialise the decoder without a cache")
+      # The new tokens take slots [index, index + T) and see every valid slot before theirs.
+      kv_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, cache.index, axis=1)
+      mask = attention_mask(cache.index + jnp.arange(t), jnp.arange(cache.capacity), kv_valid)
+    # Layer by layer, each with its own cache buffers (see `Cache`). Inside a decode loop the
+    # parameters should arrive split (`split_layers`, outside the loop): slicing the scanned
+    # ones here copies every layer's weights on every step, which XLA does not hoist.
+    block = Block(self.config, self.dtype, self.param_dtype, parent=None)
+    ks, vs = [], []
+    for i in range(self.config.num_layers):
+      layer_params = stacked[i] if split else jax.tree.map(lambda a, i=i: a[i], stacked)
+      kv = None if cache is None else (cache.k[i], cache.v[i], cache.index)
+      (x, tap), new_kv = block.apply({"params": layer_params}, (x, tap), i, positions, mask, kv,
+                                     tap_layer)
+      if cache is not None:
+        ks.append(new_kv[0])
+        vs.append(new_kv[1])
     new_cache = None
     if cache is not None:
-      new_cache = Cache(
-          k=jax.lax.dynamic_update_slice_in_dim(cache.k, new_kv[0], index, axis=3),
-          v=jax.lax.dynamic_update_slice_in_dim(cache.v, new_kv[1], index, axis=3),
-          valid=kv_valid, index=index + t)
+      new_cache = Cache(k=tuple(ks), v=tuple(vs), valid=kv_valid, index=cache.index + t)
     return Output(hidden=self.norm(x), cache=new_cache, tap=tap)
+
+
+def split_layers(params, take=None):
+  """`params` with every decoder's scanned layers split into an L-tuple of per-layer trees.
+
+  Decoding runs the layers one by one (see `Decoder.__call__`); give it split parameters from
+  outside the decode loop. Works on any tree that holds decoder parameters (a whole Janus
+  model's, say); leaves already split trees as they are. `take` maps one stacked (L, ...) array
+  to its L slices (default: indexing). Outside `jit` the slices are copies: a `take` that frees
+  each stacked array once sliced keeps the weights from being held twice.
+  """
+  if not isinstance(params, Mapping):
+    return params
+  out = {k: split_layers(v, take) for k, v in params.items()}
+  layers_ = params.get("layers")
+  if "embed_tokens" in params and layers_ is not None and not isinstance(layers_, (tuple, list)):
+    leaves, treedef = jax.tree.flatten(nn.meta.unbox(layers_))
+    take = take or (lambda a: [a[i] for i in range(a.shape[0])])
+    columns = [take(a) for a in leaves]
+    out["layers"] = tuple(treedef.unflatten([c[i] for c in columns])
+                          for i in range(len(columns[0])))
+  return out
 
 
 class Model(nn.Module):

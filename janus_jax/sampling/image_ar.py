@@ -149,9 +149,10 @@ def guide(logits: jax.Array, cfg_weight) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampler", "num_tokens", "guided",
-                                             "return_logits"))
+                                             "return_logits", "segments"))
 def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sampler,
-                 num_tokens: int, guided: bool = True, return_logits: bool = False):
+                 num_tokens: int, guided: bool = True, return_logits: bool = False,
+                 segments: int = 8):
   """Prefills the prompts and samples `num_tokens` image codes per image.
 
   Args:
@@ -163,12 +164,18 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     num_tokens: P, image tokens per image.
     guided: rows are cond/uncond pairs (else plain conditional sampling, B = R).
     return_logits: also return the per-step (guided) logits.
+    segments: the steps run as this many loops over a growing cache
+      (`llama.segment_capacities`): more read less of the cache per step and compile longer.
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
+  params = llama.split_layers(params)  # once, outside the loops
   r, t = tokens.shape
   b = r // 2 if guided else r
-  cache = llama.init_cache(model.config.llm, r, t + num_tokens - 1, model.dtype)
+  # P - 1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).
+  # Step i writes slot t + i.
+  sizes = llama.segment_capacities(t, t + num_tokens - 1, segments) if num_tokens > 1 else [t]
+  cache = llama.init_cache(model.config.llm, r, sizes[0], model.dtype)
   out = _call(model, params, "llm", _call(model, params, "embed_text", tokens), positions,
               attn_mask=mask, cache=cache)
   next_pos = positions[:, -1:] + 1  # (R, 1): where each row's first image token goes
@@ -195,9 +202,13 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
   logits_out = None
   if return_logits:
     logits_out = jnp.zeros((b, num_tokens, model.config.image_token_size), jnp.float32)
-  # P-1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).
-  _, hidden, codes, logits_out = jax.lax.fori_loop(
-      0, num_tokens - 1, step, (out.cache, out.hidden[:, -1:], codes, logits_out))
+  carry = (out.cache, out.hidden[:, -1:], codes, logits_out)
+  done = 0
+  for size in sizes:
+    cache = llama.grow_cache(carry[0], size)
+    carry = jax.lax.fori_loop(done, size - t, step, (cache,) + carry[1:])
+    done = size - t
+  _, hidden, codes, logits_out = carry
   _, codes, logits_out = pick(num_tokens - 1, hidden, codes, logits_out)
   return codes, logits_out
 

@@ -135,6 +135,7 @@ def sample_latents(model: janusflow.Model, params, prompt_ids, prompt_mask, prom
     (z_final (B, h, w, Z), first_velocity (B, h, w, Z)): the latent after N steps and the guided
     velocity of step 0, both in the integration dtype.
   """
+  params = llama.split_layers(params)  # once, outside the loops
   check_model(model)
   zdt = jnp.float32 if integrate_fp32 else model.dtype
   rows, length = prompt_ids.shape

@@ -101,10 +101,10 @@ def _call(model, params, method, *args, **kw):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "sampler", "max_new_tokens",
-                                             "return_logits"))
+                                             "return_logits", "segments"))
 def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_mask,
            images_emb_mask, rng, eos_id, pad_id, *, sampler, max_new_tokens: int,
-           return_logits: bool = False):
+           return_logits: bool = False, segments: int = 4):
   """Prefills the prompts and decodes until every row hit EOS or N tokens.
 
   Args:
@@ -114,23 +114,25 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     eos_id: int scalar stop token (-1: never stop early). pad_id: fills rows after EOS.
     sampler: a `samplers` dataclass (static). max_new_tokens: N (static).
     return_logits: also return each step's logits (B, N, V) float32.
+    segments: the steps run as up to this many loops over a growing cache
+      (`llama.segment_capacities`).
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
+  params = llama.split_layers(params)  # once, outside the loops
   b, t = input_ids.shape
   embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
                  images_seq_mask, images_emb_mask)
   mask = attention_mask.astype(bool)
   positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 1).astype(jnp.int32)
-  cache = llama.init_cache(model.config.llm, b, t + max_new_tokens, model.dtype)
+  # Step i writes slot t + i; the loop runs in `segments` stages over a growing cache, each
+  # while no more than the stage's steps are done and some row has not stopped.
+  sizes = llama.segment_capacities(t, t + max_new_tokens, segments)
+  cache = llama.init_cache(model.config.llm, b, sizes[0], model.dtype)
   out = _call(model, params, "llm", embeds, positions, attn_mask=mask, cache=cache)
   next_pos = positions[:, -1:] + 1
   vocab = model.config.llm.vocab_size
   ones = jnp.ones((b, 1), bool)
-
-  def cond(state):
-    i, _, _, _, done, _ = state
-    return (i < max_new_tokens) & ~jnp.all(done)
 
   def body(state):
     i, cache, hidden, tokens, done, logits_out = state
@@ -149,7 +151,11 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
   logits_out = jnp.zeros((b, max_new_tokens, vocab), jnp.float32) if return_logits else None
   state = (jnp.int32(0), out.cache, out.hidden[:, -1:], tokens, jnp.zeros((b,), bool),
            logits_out)
-  _, _, _, tokens, _, logits_out = jax.lax.while_loop(cond, body, state)
+  for size in sizes:
+    state = (state[0], llama.grow_cache(state[1], size)) + state[2:]
+    state = jax.lax.while_loop(
+        lambda s, end=size - t: (s[0] < end) & ~jnp.all(s[4]), body, state)
+  tokens, logits_out = state[3], state[5]
   is_eos = tokens == eos_id
   first_eos = jnp.argmax(is_eos, axis=1)
   num = jnp.where(is_eos.any(axis=1), first_eos + 1, max_new_tokens).astype(jnp.int32)

@@ -1,5 +1,5 @@
 """LLaMA decoder: transformers LlamaForCausalLM parity (GQA, left padding), cached decoding
-through every cache read size class equals the full forward, remat and tap."""
+through a growing cache equals the full forward, split layer parameters, remat and tap."""
 
 import flax.linen as nn
 import jax
@@ -65,21 +65,61 @@ def test_matches_transformers_llama(model_params):
   np.testing.assert_allclose(got[mask == 1], want[mask == 1], atol=1e-4, rtol=1e-4)
 
 
-def test_cached_decoding_through_every_read_size_equals_full_forward(model_params):
+def test_cached_decoding_through_a_growing_cache_equals_full_forward(model_params):
   m, p = model_params
   ids, mask, pos = _inputs(t=20)
   emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
-  full = m.apply({"params": p}, emb, jnp.asarray(pos), attn_mask=jnp.asarray(mask)).hidden
-  step = jax.jit(lambda e, ps, mk, c: m.apply({"params": p}, e, ps, attn_mask=mk, cache=c))
-  cache = llama.init_cache(CFG, 2, 20)  # 20 slots: 8 read size classes of 3 or 2 slots
-  out = step(emb[:, :3], pos[:, :3], mask[:, :3], cache)  # a 3-token prefill, then 1 by 1
-  hidden = [out.hidden]
+  full = m.apply({"params": p}, emb, jnp.asarray(pos), attn_mask=jnp.asarray(mask), tap_layer=0)
+  step = jax.jit(lambda e, ps, mk, c: m.apply({"params": p}, e, ps, attn_mask=mk, cache=c,
+                                              tap_layer=0))
+  sizes = llama.segment_capacities(3, 20, 4)
+  assert sizes == [8, 12, 16, 20]
+  out = step(emb[:, :3], pos[:, :3], mask[:, :3], llama.init_cache(CFG, 2, sizes[0]))
+  hidden, tap = [out.hidden], [out.tap]  # a 3-token prefill, then 1 by 1 through 4 sizes
   for s in range(3, 20):
-    out = step(emb[:, s:s + 1], pos[:, s:s + 1], mask[:, s:s + 1], out.cache)
+    cache = llama.grow_cache(out.cache, next(z for z in sizes if z > s))
+    out = step(emb[:, s:s + 1], pos[:, s:s + 1], mask[:, s:s + 1], cache)
     hidden.append(out.hidden)
-  assert int(out.cache.index) == 20
-  got = np.asarray(jnp.concatenate(hidden, axis=1))
-  np.testing.assert_allclose(got[mask == 1], np.asarray(full)[mask == 1], atol=2e-5, rtol=2e-5)
+    tap.append(out.tap)
+  assert int(out.cache.index) == 20 and out.cache.capacity == 20
+  for got, want in ((hidden, full.hidden), (tap, full.tap)):
+    got = np.asarray(jnp.concatenate(got, axis=1))
+    np.testing.assert_allclose(got[mask == 1], np.asarray(want)[mask == 1], atol=2e-5, rtol=2e-5)
+
+
+def test_cache_sizes_and_bad_requests():
+  assert llama.segment_capacities(0, 10, 1) == [10]
+  assert llama.segment_capacities(5, 8, 8) == [6, 7, 8]  # never more sizes than slots
+  assert llama.segment_capacities(64, 639, 8)[-1] == 639
+  cache = llama.grow_cache(llama.init_cache(CFG, 2, 4), 6)
+  assert cache.capacity == 6 and cache.k[0].shape == (2, CFG.num_kv_heads, 6, CFG.head_dim)
+  assert len(cache.k) == CFG.num_layers and not np.asarray(cache.valid).any()
+  with pytest.raises(ValueError, match="shrink"):
+    llama.grow_cache(cache, 5)
+  with pytest.raises(ValueError, match="start < capacity"):
+    llama.segment_capacities(10, 10, 2)
+  with pytest.raises(ValueError, match="segments"):
+    llama.segment_capacities(0, 10, 0)
+
+
+def test_split_layer_params_give_the_same_outputs(model_params):
+  m, p = model_params
+  split = llama.split_layers({"llm": p})["llm"]
+  assert len(split["model"]["layers"]) == CFG.num_layers
+  assert llama.split_layers(split)["model"]["layers"] is split["model"]["layers"]  # idempotent
+  np.testing.assert_array_equal(split["model"]["layers"][1]["mlp"]["gate_proj"]["kernel"],
+                                p["model"]["layers"]["mlp"]["gate_proj"]["kernel"][1])
+  ids, mask, pos = _inputs(t=8)
+  emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
+  for cache in (None, llama.init_cache(CFG, 2, 10)):
+    run = lambda params, c=cache: m.apply({"params": params}, emb, jnp.asarray(pos),  # noqa: E731
+                                          attn_mask=jnp.asarray(mask), cache=c, tap_layer=1)
+    want, got = run(p), run(split)
+    for a, b in ((got.hidden, want.hidden), (got.tap, want.tap)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
+    if cache is not None:
+      for a, b in zip(got.cache.k + got.cache.v, want.cache.k + want.cache.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-6)
 
 
 def test_remat_and_tap(model_params):

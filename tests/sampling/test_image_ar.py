@@ -56,6 +56,18 @@ def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
 
 
+def test_decoding_in_segments_equals_one_loop(janus_fixture):
+  _, model, params = janus_fixture
+  b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
+  run = lambda segments: image_ar.sample_codes(  # noqa: E731
+      model, params, b.tokens, b.mask, b.positions, jax.random.key(3), jnp.float32(5.0),
+      sampler=samplers.Sampling(temperature=1.0, top_k=50), num_tokens=P, return_logits=True,
+      segments=segments)
+  (one_codes, one_logits), (many_codes, many_logits) = run(1), run(5)
+  np.testing.assert_array_equal(many_codes, one_codes)
+  np.testing.assert_allclose(many_logits, one_logits, atol=2e-5, rtol=2e-5)
+
+
 def test_cfg_weight_one_equals_conditional_branch(janus_fixture):
   _, model, params = janus_fixture
   guided = image_ar.generate(model, params, PROMPTS, cfg_weight=1.0, sampler=samplers.Greedy(),

@@ -26,13 +26,13 @@ CONVS = [conversation([378, 244, 215], 1, 0),
          conversation([100, 101], 0, 2)]
 
 
-def run(model, params, convs, n=6, eos=-1):
+def run(model, params, convs, n=6, eos=-1, segments=4):
   b = text.make_batch(convs, image_id=IMG, pad_id=PAD, tokens_per_image=P,
                       image_shape=(32, 32, 3))
   return text.decode(model, params, b.input_ids, b.attention_mask, b.pixel_values,
                      b.images_seq_mask, b.images_emb_mask, jax.random.key(0), jnp.int32(eos),
                      jnp.int32(PAD), sampler=samplers.Greedy(), max_new_tokens=n,
-                     return_logits=True)
+                     return_logits=True, segments=segments)
 
 
 def test_expand_and_batch_layout():
@@ -75,12 +75,13 @@ def test_eos_stops_one_row_while_others_continue(janus_fixture):
   # An "EOS" that row 0 first emits at a step k > 0 and row 1 never emits.
   k, eos = next((k, int(t)) for k, t in enumerate(free[0])
                 if k > 0 and int(t) not in free[0, :k] and int(t) not in free[1])
-  tokens, num, _ = run(model, params, CONVS[1:], n=8, eos=eos)
-  tokens = np.asarray(tokens)
-  np.testing.assert_array_equal(tokens[0, :k + 1], free[0, :k + 1])
-  assert (tokens[0, k + 1:] == PAD).all()
-  np.testing.assert_array_equal(tokens[1], free[1])
-  assert num.tolist() == [k + 1, 8]
+  for segments in (1, 4, 8):  # one loop, or stages over a growing cache (one step each at 8)
+    tokens, num, _ = run(model, params, CONVS[1:], n=8, eos=eos, segments=segments)
+    tokens = np.asarray(tokens)
+    np.testing.assert_array_equal(tokens[0, :k + 1], free[0, :k + 1])
+    assert (tokens[0, k + 1:] == PAD).all()
+    np.testing.assert_array_equal(tokens[1], free[1])
+    assert num.tolist() == [k + 1, 8]
 
 
 def test_generate_detokenizes_and_checks_context(janus_fixture):
