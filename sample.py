@@ -40,6 +40,7 @@ from janus_jax.data import preprocess
 from janus_jax.data import tokenizer as tokenizer_lib
 from janus_jax.models import janus
 from janus_jax.models import janusflow
+from janus_jax.models import llama
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
@@ -109,7 +110,21 @@ def load_model(path: pathlib.Path, cfg, mesh, rules_):
     _, params = driver.load_converted(path, shardings, dtype=dtype)
   else:
     params = _convert_in_memory(ckpt, fam, config, shardings, dtype)
-  return name, model, params, meta
+  # Decoding runs the LLM layer by layer on split weights (llama.split_layers); split them once
+  # here, freeing each stacked array as soon as its slices exist, so no device ever holds the
+  # weights twice (the samplers would otherwise split a copy inside every call).
+  return name, model, llama.split_layers(params, take=_slices_freeing_stacked), meta
+
+
+@jax.jit
+def _layer_slices(a):
+  return tuple(a[i] for i in range(a.shape[0]))
+
+
+def _slices_freeing_stacked(a):
+  slices = jax.block_until_ready(_layer_slices(a))
+  a.delete()
+  return slices
 
 
 def _convert_in_memory(ckpt, fam, config, shardings, dtype):

@@ -86,6 +86,30 @@ def test_same_seed_same_images(ckpt, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_sharded_load_splits_layers_in_place_and_gives_the_same_images(ckpt, tmp_path):
+  cfg = config(ckpt, tmp_path, num_images=2)
+  req = sample.Request(prompts=["a red cat", "two dogs"])
+  images = {}
+  for mesh_shape in ((-1, 1, 1), (2, 2, 2)):  # data parallel; data x FSDP x tensor
+    cfg.mesh = mesh_shape
+    cfg.out = str(tmp_path / f"out{mesh_shape[0]}")
+    sample.run(cfg, req)
+    images[mesh_shape] = [np.asarray(Image.open(p))
+                          for p in sorted(pathlib.Path(cfg.out).glob("0*.png"))]
+  for a, b in zip(*images.values()):  # the same codes; sharded sums may move a truncation
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+  # The loaded LLM layers are split, each slice sharded as its stacked parent minus the layer
+  # axis (q_proj is (L, D, N, H): FSDP on D, tensor on N).
+  mesh = sample.sharding.make_mesh((2, 2, 2))
+  rules_ = sample.sharding.rules_from_config(None)
+  _, _, params, _ = sample.load_model(ckpt, cfg, mesh, rules_)
+  layers = params["language_model"]["model"]["layers"]
+  assert isinstance(layers, tuple) and len(layers) > 1
+  q = layers[1]["self_attn"]["q_proj"]
+  assert q.ndim == 3 and tuple(q.sharding.spec)[:2] == ("fsdp", "tensor"), q.sharding.spec
+
+
 def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys):
   cmyk = save(tmp_path / "cmyk.jpg", rgb(40, 30).convert("CMYK"))
   grey16 = save(tmp_path / "grey16.png",
