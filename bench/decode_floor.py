@@ -21,17 +21,15 @@ def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--rows", default="8,4", help="LLM rows per step (8 = 4 images with CFG)")
   ap.add_argument("--steps", type=int, default=64, help="decode steps per timed call")
-  ap.add_argument("--threads", type=int, default=1, help="XLA CPU threads (as sample_bench)")
+  ap.add_argument("--threads", type=int, default=1,
+                  help="XLA CPU threads and pinned cores (as sample_bench)")
   ap.add_argument("--repeats", type=int, default=3, help="timed calls (best counts)")
   args = ap.parse_args(argv)
-  if args.threads:  # before jax initialises its CPU backend
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false"
-                               f" intra_op_parallelism_threads={args.threads}")
-  import jax  # noqa: PLC0415
-  import jax.numpy as jnp  # noqa: PLC0415
   sys.path.insert(0, os.path.dirname(__file__))
   import sample_bench  # noqa: PLC0415
+  cpus = sample_bench.limit_cpus(args.threads)  # before jax initialises its CPU backend
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
 
   c = sample_bench.bench_config("mid")
   d, f, layers = c.llm.hidden_size, c.llm.intermediate_size, c.llm.num_layers
@@ -57,7 +55,7 @@ def main(argv=None):
   run = jax.jit(lambda w, x: jax.lax.fori_loop(0, args.steps, lambda i, x: step(w, x), x))
   host = np.ones(nbytes // 4, np.float32)
   best = min(_timed(host.sum) for _ in range(args.repeats))
-  print(f"config=mid weights={nbytes / 1e6:.0f} MB threads={args.threads}")
+  print(f"config=mid weights={nbytes / 1e6:.0f} MB threads={args.threads} cpus={cpus}")
   print(f"numpy streams the weight bytes once: {best * 1e3:.2f} ms "
         f"({nbytes / best / 1e9:.1f} GB/s)")
   for rows in map(int, args.rows.split(",")):

@@ -12,6 +12,7 @@ separate (out, in) matrices, eager, the way the reference's loop runs them.
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -22,8 +23,9 @@ def main(argv=None):
   ap.add_argument("--rows", type=int, default=8, help="LLM rows per step (8 = 4 images, CFG)")
   ap.add_argument("--steps", type=int, default=64, help="decode steps per timed call")
   args = ap.parse_args(argv)
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+  sys.path.insert(0, os.path.dirname(__file__))
+  import sample_bench  # noqa: PLC0415
+  sample_bench.limit_cpus(1)  # one XLA thread on one pinned core, as torch below
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 

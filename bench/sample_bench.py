@@ -193,6 +193,40 @@ def timed(fn, repeats: int):
   return best
 
 
+def limit_cpus(threads: int) -> str:
+  """Gives XLA `threads` CPU threads and pins the process to its first `threads` usable cores.
+
+  Call before the first use of the XLA CPU backend. The thread flags alone do not hold XLA to
+  one core: at --threads 1 it still used about 1.7 cores of CPU time per wall second here
+  (helper threads), while torch.set_num_threads(1) keeps torch on one, so unpinned "one thread
+  each" favours JAX. Pinning makes both sides share the same cores. Returns the cores as text.
+  """
+  if not threads:
+    return "all"
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_cpu_multi_thread_eigen=false"
+                             f" intra_op_parallelism_threads={threads}")
+  usable = sorted(os.sched_getaffinity(0))
+  if threads > len(usable):
+    raise ValueError(f"--threads {threads}: only {len(usable)} usable cores")
+  os.sched_setaffinity(0, usable[:threads])
+  return ",".join(map(str, usable[:threads]))
+
+
+def cpu_description() -> str:
+  """The host CPU's model name and widest vector extension: CPU results depend on both."""
+  try:
+    info = open("/proc/cpuinfo").read()
+  except OSError:
+    return "unknown"
+  model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                if ln.startswith("model name")), "unknown")
+  flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                    if ln.startswith("flags")), []))
+  vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), "none")
+  return f"{model} ({vector})"
+
+
 def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--config", default="auto", help="mid | janus_pro_7b (auto: by backend)")
@@ -201,18 +235,16 @@ def main(argv=None):
   ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 (auto: by backend)")
   ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (best counts)")
   ap.add_argument("--threads", type=int, default=1,
-                  help="CPU only: threads for both XLA and torch (0: their defaults). One by "
-                       "default: on a shared machine oversubscribed torch threads spin and "
-                       "distort the comparison")
+                  help="CPU only: threads for both XLA and torch, and the process is pinned to "
+                       "that many cores (0: their defaults, unpinned). One by default: on a "
+                       "shared machine oversubscribed torch threads spin and distort the "
+                       "comparison")
   ap.add_argument("--check_tokens", type=int, default=32,
                   help="greedy codes compared between JAX and the reference (0: skip)")
   ap.add_argument("--hf", action="store_true",
                   help="also time transformers JanusForConditionalGeneration.generate")
   args = ap.parse_args(argv)
-  if args.threads:  # must precede the first use of the XLA CPU backend
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false"
-                               f" intra_op_parallelism_threads={args.threads}")
+  cpus = limit_cpus(args.threads)
   on_gpu = jax.default_backend() == "gpu"
   if args.config == "auto":
     args.config = "janus_pro_7b" if on_gpu else "mid"
@@ -233,10 +265,14 @@ def main(argv=None):
   params = jax.tree.map(lambda x: x.astype(dtype), params)
   print(f"config={args.config} dtype={args.dtype} images={args.images} tokens={args.tokens} "
         f"backend={jax.default_backend()} torch_threads={torch.get_num_threads()} "
-        f"init={time.perf_counter() - t0:.1f}s", flush=True)
+        f"cpus={cpus} init={time.perf_counter() - t0:.1f}s", flush=True)
+  if not on_gpu:
+    print(f"cpu: {cpu_description()}", flush=True)
   prompt = [1] + list(range(10, 10 + 14)) + [5]  # BOS, 14 text tokens, <begin_of_image>
   n, p = args.images, args.tokens
   reference = torch_reference(config, params, dtype, device)
+  # Split the LLM layers once, as sample.py does at load (the sampler would split a copy).
+  params = llama.split_layers(params)
 
   # Correctness first: both pick the same greedy codes.
   if args.check_tokens:
