@@ -119,6 +119,8 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   params = llama.split_layers(params)  # once, outside the loops
   b, t = input_ids.shape
   embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
@@ -186,8 +188,6 @@ def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
     detokenize: optional `list[int] -> str`; applied to each row's tokens before EOS.
     mesh: when given, rows are split over its batch axes (see `image_ar.generate`).
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
   context = model.config.llm.max_position_embeddings
   longest = int(batch.attention_mask.sum(axis=1).max())
   if longest + max_new_tokens > context:

@@ -92,6 +92,8 @@ def test_generate_detokenizes_and_checks_context(janus_fixture):
   assert ans.texts[0] == " ".join(str(t) for t in ans.tokens[0][:ans.num_tokens[0]])
   with pytest.raises(ValueError, match="exceeds the model context"):
     text.generate(model, params, b, max_new_tokens=10_000, eos_id=EOS, pad_id=PAD)
+  with pytest.raises(ValueError, match="max_new_tokens must be >= 1, got 0"):
+    run(model, params, CONVS[:1], n=0)  # decode itself, not only generate, names the budget
 
 
 def test_bad_batches_are_refused():
