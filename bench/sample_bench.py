@@ -216,7 +216,8 @@ def limit_cpus(threads: int) -> str:
 def cpu_description() -> str:
   """The host CPU's model name and widest vector extension: CPU results depend on both."""
   try:
-    info = open("/proc/cpuinfo").read()
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
   except OSError:
     return "unknown"
   model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
