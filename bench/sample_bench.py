@@ -194,7 +194,7 @@ def timed(fn, repeats: int):
 
 
 def limit_cpus(threads: int) -> str:
-  """Gives XLA `threads` CPU threads and pins the process to its first `threads` usable cores.
+  """Pins the process to its first `threads` usable cores (XLA and torch then share them).
 
   Call before the first use of the XLA CPU backend. The thread flags alone do not hold XLA to
   one core: at --threads 1 it still used about 1.7 cores of CPU time per wall second here
@@ -203,9 +203,12 @@ def limit_cpus(threads: int) -> str:
   """
   if not threads:
     return "all"
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_cpu_multi_thread_eigen=false"
-                             f" intra_op_parallelism_threads={threads}")
+  # XLA has no intra-op thread-count flag (a bare `intra_op_parallelism_threads=N` token, as
+  # this once passed, is silently ignored): the affinity below holds it to `threads` cores, and
+  # its thread pool is sized from them. Only at one thread are the dots kept off that pool.
+  if threads == 1:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false")
   usable = sorted(os.sched_getaffinity(0))
   if threads > len(usable):
     raise ValueError(f"--threads {threads}: only {len(usable)} usable cores")
@@ -338,23 +341,32 @@ def _rows(prompt, n):
   return b.tokens, b.mask, b.positions
 
 
-def time_hf_generate(config, grid, n, p, dtype, device, prompt):
-  """transformers `JanusForConditionalGeneration.generate(generation_mode="image")`, same sizes."""
-  import torch  # noqa: PLC0415
+def hf_janus_config(config: janus.Config, grid: int, num_tokens: int):
+  """transformers' `JanusConfig` for `config`'s generation path, with a `grid` x `grid` VQ grid."""
   from transformers.models.janus import configuration_janus as cj  # noqa: PLC0415
-  from transformers.models.janus import modeling_janus  # noqa: PLC0415
-  v, c = config.vq, config.llm
-  hf = cj.JanusConfig(
-      text_config={**{k: v for k, v in c.to_hf().items() if k != "model_type"}, "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2},
+  vq_cfg, c = config.vq, config.llm
+  return cj.JanusConfig(
+      text_config={**{k: v for k, v in c.to_hf().items() if k != "model_type"},
+                   "pad_token_id": PAD, "bos_token_id": 1, "eos_token_id": 2},
+      # transformers sizes the VQ token grid from the vision tower (image_size // patch_size),
+      # so the (unused) tower gets one patch per image token.
       vision_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=128, image_size=32, patch_size=8,
-                         projection_dim=c.hidden_size, num_image_tokens=p),
-      vq_config=dict(embed_dim=v.codebook_dim, num_embeddings=v.codebook_size,
-                     latent_channels=v.z_channels, base_channels=v.base_channels,
-                     channel_multiplier=list(v.ch_mult), num_res_blocks=v.num_res_blocks,
+                         intermediate_size=128, image_size=8 * grid, patch_size=8,
+                         projection_dim=c.hidden_size, num_image_tokens=num_tokens),
+      vq_config=dict(embed_dim=vq_cfg.codebook_dim, num_embeddings=vq_cfg.codebook_size,
+                     latent_channels=vq_cfg.z_channels, base_channels=vq_cfg.base_channels,
+                     channel_multiplier=list(vq_cfg.ch_mult),
+                     num_res_blocks=vq_cfg.num_res_blocks,
                      num_patches=grid, projection_dim=c.hidden_size,
                      image_token_embed_dim=c.hidden_size),
       image_token_id=4)
+
+
+def time_hf_generate(config, grid, n, p, dtype, device, prompt):
+  """transformers `JanusForConditionalGeneration.generate(generation_mode="image")`, same sizes."""
+  import torch  # noqa: PLC0415
+  from transformers.models.janus import modeling_janus  # noqa: PLC0415
+  hf = hf_janus_config(config, grid, p)
   tdtype = {jnp.float32: torch.float32, jnp.bfloat16: torch.bfloat16}[dtype]
   with torch.device(device), _default_dtype(torch, tdtype):
     m = modeling_janus.JanusForConditionalGeneration(hf).eval()

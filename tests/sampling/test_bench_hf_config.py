@@ -1,0 +1,36 @@
+"""The sampling benchmark's transformers model decodes the grid it generates.
+
+`bench/sample_bench.py --hf` times transformers' `generate(generation_mode="image")` plus
+`decode_image_tokens`. transformers sizes its VQ grid from the vision tower's patch count, not
+from `vq_config.num_patches`, so a bench config that left the tower at its own size generated
+576 tokens and then had them refused by the decoder. This builds the bench's config at a small
+grid and decodes a full grid of codes with transformers' own VQ model.
+"""
+
+import os
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+import sample_bench  # noqa: E402
+
+
+@pytest.mark.parametrize("grid", [4, 24])
+def test_hf_config_grid_matches_the_generated_tokens(grid):
+  hf = sample_bench.hf_janus_config(sample_bench.bench_config("mid"), grid, grid * grid)
+  assert hf.vq_config.num_patches == grid
+  assert hf.vision_config.num_image_tokens == grid * grid
+
+
+def test_hf_vq_decodes_a_full_grid():
+  from transformers.models.janus import modeling_janus  # noqa: PLC0415
+  grid = 4
+  hf = sample_bench.hf_janus_config(sample_bench.bench_config("mid"), grid, grid * grid)
+  vq = modeling_janus.JanusVQVAE(hf.vq_config).eval()
+  with torch.inference_mode():
+    pixels = vq.decode(torch.zeros((2, grid * grid), dtype=torch.long))
+  assert pixels.shape == (2, 3, 16 * grid, 16 * grid)
