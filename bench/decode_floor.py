@@ -36,19 +36,20 @@ def main(argv=None):
   attn = c.llm.num_heads * c.llm.head_dim
   kv = c.llm.num_kv_heads * c.llm.head_dim
   e, v = c.gen_head.image_token_embed, c.gen_head.image_token_size
-  key = iter(jax.random.split(jax.random.key(0), 8))
-  w = {"qkv": (layers, d, attn + 2 * kv), "o": (layers, attn, d), "gate_up": (layers, d, 2 * f),
-       "down": (layers, f, d), "head0": (d, e), "head1": (e, v)}
-  w = {k: jax.random.normal(next(key), s, jnp.float32) * s[-2] ** -0.5 for k, s in w.items()}
-  nbytes = sum(x.size * 4 for x in w.values())
+  key = iter(jax.random.split(jax.random.key(0), 64))
+  # Per-layer matrices, as the sampler holds them after `llama.split_layers`: a scan over
+  # stacked weights would copy each layer's slice out of the stack every step.
+  shapes = {"qkv": (d, attn + 2 * kv), "o": (attn, d), "gate_up": (d, 2 * f), "down": (f, d)}
+  init = lambda s: jax.random.normal(next(key), s, jnp.float32) * s[0] ** -0.5  # noqa: E731
+  w = {"layers": [{k: init(s) for k, s in shapes.items()} for _ in range(layers)],
+       "head0": init((d, e)), "head1": init((e, v))}
+  nbytes = sum(x.size * 4 for x in jax.tree.leaves(w))
 
   def step(w, x):
-    def layer(x, lw):
-      qkv, o, gate_up, down = lw
-      x = x + (x @ qkv)[:, :attn] @ o
-      g = x @ gate_up
-      return x + (jax.nn.silu(g[:, :f]) * g[:, f:]) @ down, None
-    x, _ = jax.lax.scan(layer, x, (w["qkv"], w["o"], w["gate_up"], w["down"]))
+    for lw in w["layers"]:
+      x = x + (x @ lw["qkv"])[:, :attn] @ lw["o"]
+      g = x @ lw["gate_up"]
+      x = x + (jax.nn.silu(g[:, :f]) * g[:, f:]) @ lw["down"]
     logits = jax.nn.gelu(x @ w["head0"]) @ w["head1"]
     return x + 1e-3 * logits[:, :d]
 
