@@ -201,6 +201,8 @@ def limit_cpus(threads: int) -> str:
   (helper threads), while torch.set_num_threads(1) keeps torch on one, so unpinned "one thread
   each" favours JAX. Pinning makes both sides share the same cores. Returns the cores as text.
   """
+  if threads < 0:
+    raise ValueError(f"--threads must be >= 0, got {threads}")
   if not threads:
     return "all"
   # XLA has no intra-op thread-count flag (a bare `intra_op_parallelism_threads=N` token, as
