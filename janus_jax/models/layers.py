@@ -9,11 +9,13 @@ Logical parameter axes used across the package:
   vis_embed / vis_mlp (understanding encoder), conv_in / conv_out (conv kernels), norm.
 """
 
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -25,8 +27,8 @@ def gelu(x: jax.Array) -> jax.Array:
 
 def dense(features, axes=(None, None), *, use_bias=True, dtype=jnp.float32,
           param_dtype=jnp.float32, name=None, kernel_init=nn.initializers.lecun_normal()):
-  """A plain `nn.Dense` (params `kernel`, `bias` directly under `name`) with logical axes."""
-  return nn.Dense(
+  """A plain dense layer (params `kernel`, `bias` directly under `name`) with logical axes."""
+  return Dense(
       features,
       use_bias=use_bias,
       dtype=dtype,
@@ -35,6 +37,141 @@ def dense(features, axes=(None, None), *, use_bias=True, dtype=jnp.float32,
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(axes)[-1:]),
       name=name,
   )
+
+
+class Dense(nn.Module):
+  """`nn.Dense`'s computation (inputs, kernel and bias cast to `dtype`, then x @ kernel + bias),
+  also on a kernel stored as column `Blocks`."""
+
+  features: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = param(self, "kernel", self.kernel_init, (x.shape[-1], self.features),
+                   self.param_dtype)
+    x = x.astype(self.dtype)
+    dims = (((x.ndim - 1,), (0,)), ((), ()))
+    kernel = kernel.astype(self.dtype)
+    if isinstance(kernel, Blocks):
+      y = jnp.concatenate([jax.lax.dot_general(x, k, dims) for k in kernel.parts], axis=-1)
+    else:
+      y = jax.lax.dot_general(x, kernel, dims)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+@jax.tree_util.register_pytree_node_class
+class Blocks:
+  """A weight held as contiguous blocks along one of its output axes (see `block_kernels`).
+
+  `parts` concatenated along `axis` are the weight. Layers that read their kernels through
+  `param` and multiply through `einsum` take either form.
+  """
+
+  def __init__(self, parts, axis: int):
+    self.parts, self.axis = tuple(parts), axis
+
+  def tree_flatten(self):
+    return self.parts, self.axis
+
+  @classmethod
+  def tree_unflatten(cls, axis, parts):
+    return cls(parts, axis)
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    shape = list(self.parts[0].shape)
+    shape[self.axis] = sum(p.shape[self.axis] for p in self.parts)
+    return tuple(shape)
+
+  @property
+  def dtype(self):
+    return self.parts[0].dtype
+
+  def astype(self, dtype) -> "Blocks":
+    return Blocks([p.astype(dtype) for p in self.parts], self.axis)
+
+  def __repr__(self):
+    return f"Blocks(shape={self.shape}, axis={self.axis}, parts={len(self.parts)})"
+
+
+def param(module: nn.Module, name: str, init, shape, dtype):
+  """`module.param(name, init, shape, dtype)`, or the `Blocks` stored under `name` instead."""
+  if module.has_variable("params", name):
+    stored = module.get_variable("params", name)
+    if isinstance(stored, Blocks):
+      if stored.shape != tuple(shape):
+        raise ValueError(f"{module.path}/{name}: blocks of a {stored.shape} weight where "
+                         f"{tuple(shape)} is expected")
+      return stored
+  return module.param(name, init, shape, dtype)
+
+
+def einsum(spec: str, x: jax.Array, w, **kw) -> jax.Array:
+  """`jnp.einsum(spec, x, w)`; for `Blocks`, one product per block, joined along the output.
+
+  `spec` names every axis explicitly (no ellipsis).
+  """
+  if not isinstance(w, Blocks):
+    return jnp.einsum(spec, x, w, **kw)
+  inputs, out = spec.split("->")
+  letter = inputs.split(",")[1][w.axis]  # the weight's subscripts are explicit
+  parts = [jnp.einsum(spec, x, p, **kw) for p in w.parts]
+  return jnp.concatenate(parts, axis=out.index(letter))
+
+
+# Projection kernels by parameter name: (rank, the output axis to cut). Dense kernels are
+# (in, out); the LLM's attention kernels keep their head axes: q/k/v (D, N, H), o (N, H, D).
+_CUT_AXIS = {"kernel": (2, 1), "q_proj": (3, 1), "k_proj": (3, 1), "v_proj": (3, 1),
+             "o_proj": (3, 2)}
+
+
+def block_kernels(params, columns: int, free: bool = False):
+  """`params` with every projection kernel wider than `columns` cut into column `Blocks`.
+
+  For decoding on CPU. There a product of a few rows by a wide row-major (in, out) matrix runs
+  far below memory bandwidth (the kernel packs panels whose rows lie a whole width apart); the
+  same weights as contiguous blocks of ~`columns` output columns, one product each, stream much
+  faster (bench/README.md, session 15). Blocks keep whole heads (q/k/v/o). Kernels of another
+  rank (convolutions, scanned stacks: `llama.split_layers` first) stay as they are, as does
+  everything when `columns` <= 0. Exact: each output column is the same dot product.
+  `free` deletes each original array once cut (outside `jit`: the weights are never held twice).
+  """
+  if columns <= 0:
+    return params
+  if isinstance(params, Mapping):
+    return {k: (_cut(v, *_CUT_AXIS[k], columns, free) if k in _CUT_AXIS and _is_array(v)
+                else block_kernels(v, columns, free)) for k, v in params.items()}
+  if isinstance(params, (tuple, list)):
+    return type(params)(block_kernels(v, columns, free) for v in params)
+  return params
+
+
+def _is_array(x) -> bool:
+  return isinstance(x, (jax.Array, np.ndarray))
+
+
+def _cut(w, rank: int, axis: int, columns: int, free: bool):
+  if w.ndim != rank:
+    return w
+  unit = int(np.prod(w.shape[axis + 1:]))  # columns per index along `axis` (a head's width)
+  n = min(w.shape[axis], -(-w.shape[axis] * unit // columns))
+  if n <= 1:
+    return w
+  base, extra = divmod(w.shape[axis], n)
+  bounds = np.cumsum([0] + [base + (i < extra) for i in range(n)])
+  parts = [jax.lax.slice_in_dim(w, int(a), int(b), axis=axis) for a, b in zip(bounds, bounds[1:])]
+  if free and isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer):
+    jax.block_until_ready(parts)
+    w.delete()
+  return Blocks(parts, axis)
 
 
 def conv(features, kernel_size: Sequence[int], *, strides=1, padding="SAME", groups=1,

@@ -252,16 +252,16 @@ class Attention(nn.Module):
     c = self.config
     d, n, k_, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     init = nn.initializers.lecun_normal()
-    mk = lambda name, shape, axes: self.param(  # noqa: E731
-        name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
+    mk = lambda name, shape, axes: layers.param(  # noqa: E731  (may be `layers.Blocks`)
+        self, name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
     wq = mk("q_proj", (d, n, h), ("embed", "heads", "head_dim"))
     wk = mk("k_proj", (d, k_, h), ("embed", "kv_heads", "head_dim"))
     wv = mk("v_proj", (d, k_, h), ("embed", "kv_heads", "head_dim"))
     wo = mk("o_proj", (n, h, d), ("heads", "head_dim", "embed"))
     x = x.astype(self.dtype)
-    q = jnp.einsum("BTD,DNH->BTNH", x, wq.astype(self.dtype))
-    k = jnp.einsum("BTD,DKH->BTKH", x, wk.astype(self.dtype))
-    v = jnp.einsum("BTD,DKH->BTKH", x, wv.astype(self.dtype))
+    q = layers.einsum("BTD,DNH->BTNH", x, wq.astype(self.dtype))
+    k = layers.einsum("BTD,DKH->BTKH", x, wk.astype(self.dtype))
+    v = layers.einsum("BTD,DKH->BTKH", x, wv.astype(self.dtype))
     q = rope(q, positions, c.rope_theta)
     k = rope(k, positions, c.rope_theta)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", None))
@@ -280,7 +280,7 @@ class Attention(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum(f"BKGTS,{spec}->BTKGH", probs, values.astype(self.dtype))
     out = out.reshape(out.shape[:2] + (n, h))
-    return jnp.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_kv
+    return layers.einsum("BTNH,NHD->BTD", out, wo.astype(self.dtype)), new_kv
 
 
 class Mlp(nn.Module):
@@ -436,6 +436,23 @@ def split_layers(params, take=None):
     out["layers"] = tuple(treedef.unflatten([c[i] for c in columns])
                           for i in range(len(columns[0])))
   return out
+
+
+# Output columns per kernel block when decoding on CPU (`layers.block_kernels`): the best of
+# 128-768 for 8-row products on the bench config (bench/README.md, session 15).
+CPU_BLOCK_COLUMNS = 512
+
+
+def decode_layout(params, block_columns: int | None = None, take=None, free: bool = False):
+  """`params` laid out for decoding: layers split (`split_layers`), kernels in column blocks.
+
+  `block_columns` None: `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no
+  blocks: GPU and TPU products read row-major kernels at full speed). Idempotent. `take` is
+  `split_layers`'s; `free` deletes each unblocked kernel once cut (see `layers.block_kernels`).
+  """
+  if block_columns is None:
+    block_columns = CPU_BLOCK_COLUMNS if jax.default_backend() == "cpu" else 0
+  return layers.block_kernels(split_layers(params, take), block_columns, free)
 
 
 class Model(nn.Module):

@@ -1,5 +1,6 @@
 """LLaMA decoder: transformers LlamaForCausalLM parity (GQA, left padding), cached decoding
-through a growing cache equals the full forward, split layer parameters, remat and tap."""
+through a growing cache equals the full forward, split layer parameters, kernels in column
+blocks, remat and tap."""
 
 import flax.linen as nn
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from janus_jax.models import layers
 from janus_jax.models import llama
 
 CFG = llama.get_config("tiny", num_kv_heads=2)  # GQA: 2 query heads per KV head
@@ -140,3 +142,44 @@ def test_unsupported_configs_are_refused():
     llama.Config.from_hf({**CFG.to_hf(), "rope_scaling": {"type": "linear", "factor": 2}})
   with pytest.raises(ValueError, match="unknown LLaMA variant"):
     llama.get_config("llama_70b")
+
+
+def test_kernels_in_column_blocks_give_the_same_outputs(model_params):
+  m, p = model_params
+  split = llama.split_layers(p)
+  laid = llama.decode_layout(p, block_columns=24)  # 24 of 64 columns: whole heads per block
+  attn, mlp = laid["model"]["layers"][0]["self_attn"], laid["model"]["layers"][0]["mlp"]
+  assert [len(attn[n].parts) for n in ("q_proj", "k_proj", "o_proj")] == [3, 2, 3]
+  assert [b.shape[1] for b in attn["q_proj"].parts] == [2, 1, 1]
+  assert attn["q_proj"].shape == split["model"]["layers"][0]["self_attn"]["q_proj"].shape
+  assert len(mlp["gate_proj"]["kernel"].parts) == 6 and len(laid["lm_head"]["kernel"].parts) == 22
+  assert llama.decode_layout(laid, block_columns=24)["lm_head"]["kernel"] is laid["lm_head"]["kernel"]
+  assert llama.decode_layout(p, block_columns=0)["lm_head"]["kernel"] is p["lm_head"]["kernel"]
+  ids, mask, pos = _inputs(t=8)
+  emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
+  for cache in (None, llama.init_cache(CFG, 2, 10)):
+    run = jax.jit(lambda params, c=cache: m.apply(  # noqa: E731
+        {"params": params}, emb, jnp.asarray(pos), attn_mask=jnp.asarray(mask), cache=c,
+        method=lambda mod, *a, **k: (mod(*a, **k), mod.logits(mod(*a, **k).hidden))))
+    (want, want_logits), (got, got_logits) = run(split), run(laid)
+    np.testing.assert_allclose(np.asarray(got_logits), np.asarray(want_logits), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.hidden), np.asarray(want.hidden), atol=1e-6)
+    if cache is not None:
+      for a, b in zip(got.cache.k + got.cache.v, want.cache.k + want.cache.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_kernel_blocks_of_the_wrong_shape_are_refused_and_free_deletes(model_params):
+  m, p = model_params
+  laid = llama.decode_layout(p, block_columns=24)
+  layer = laid["model"]["layers"][0]["self_attn"]
+  layer["q_proj"] = layers.Blocks(layer["q_proj"].parts[:2], axis=1)  # a head short
+  emb = jnp.zeros((1, 3, CFG.hidden_size))
+  with pytest.raises(ValueError, match=r"q_proj: blocks of a \(64, 3, 16\) weight"):
+    m.apply({"params": laid}, emb, jnp.zeros((1, 3), jnp.int32))
+  copy = jax.tree.map(jnp.copy, llama.split_layers(p))
+  kernel, scale = copy["lm_head"]["kernel"], copy["model"]["norm"]["scale"]
+  freed = layers.block_kernels(copy, 24, free=True)
+  assert kernel.is_deleted() and not scale.is_deleted()
+  np.testing.assert_array_equal(np.concatenate(freed["lm_head"]["kernel"].parts, axis=1),
+                                p["lm_head"]["kernel"])
