@@ -148,11 +148,41 @@ def guide(logits: jax.Array, cfg_weight) -> jax.Array:
   return uncond + cfg_weight * (cond - uncond)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampler", "num_tokens", "guided",
-                                             "return_logits", "segments"))
+# XLA:CPU hands float32 dots to YNNPACK by default (jaxlib 0.10). For the decode loops' products
+# of a few rows by wide weights its own Eigen dots were faster on the bench host (a whole image
+# step 40 -> 31 ms, bench/README.md session 15), so the decode loops compile without YNN dots.
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def decode_jit(**jit_kwargs):
+  """`jax.jit(fn, **jit_kwargs)`, compiled with `CPU_COMPILER_OPTIONS` on the CPU backend.
+
+  An XLA that does not know the options (they are experimental) compiles without them.
+  """
+  def wrap(fn):
+    plain = jax.jit(fn, **jit_kwargs)
+    tuned = jax.jit(fn, compiler_options=CPU_COMPILER_OPTIONS, **jit_kwargs)
+    use_tuned = [True]
+
+    @functools.wraps(fn)
+    def call(*args, **kw):
+      if use_tuned[0] and jax.default_backend() == "cpu":
+        try:
+          return tuned(*args, **kw)
+        except jax.errors.JaxRuntimeError as e:
+          if "compile option" not in str(e):
+            raise
+          use_tuned[0] = False
+      return plain(*args, **kw)
+    return call
+  return wrap
+
+
+@decode_jit(static_argnames=("model", "sampler", "num_tokens", "guided", "return_logits",
+                             "segments", "block_columns"))
 def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sampler,
                  num_tokens: int, guided: bool = True, return_logits: bool = False,
-                 segments: int = 8):
+                 segments: int = 8, block_columns: int | None = None):
   """Prefills the prompts and samples `num_tokens` image codes per image.
 
   Args:
@@ -166,10 +196,12 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     return_logits: also return the per-step (guided) logits.
     segments: the steps run as this many loops over a growing cache
       (`llama.segment_capacities`): more read less of the cache per step and compile longer.
+    block_columns: kernel block width for the decode loop (`llama.decode_layout`; None: by
+      backend). Parameters already laid out (as `sample.py` does at load) are used as given.
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
-  params = llama.split_layers(params)  # once, outside the loops
+  params = llama.decode_layout(params, block_columns)  # once, outside the loops
   r, t = tokens.shape
   b = r // 2 if guided else r
   # P - 1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).

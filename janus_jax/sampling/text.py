@@ -12,7 +12,6 @@ A finished row keeps running (the batch shape is static) but its outputs are rep
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -100,11 +99,11 @@ def _call(model, params, method, *args, **kw):
   return model.apply({"params": params}, *args, method=method, **kw)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "sampler", "max_new_tokens",
-                                             "return_logits", "segments"))
+@image_ar.decode_jit(static_argnames=("model", "sampler", "max_new_tokens", "return_logits",
+                                     "segments", "block_columns"))
 def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_mask,
            images_emb_mask, rng, eos_id, pad_id, *, sampler, max_new_tokens: int,
-           return_logits: bool = False, segments: int = 4):
+           return_logits: bool = False, segments: int = 4, block_columns: int | None = None):
   """Prefills the prompts and decodes until every row hit EOS or N tokens.
 
   Args:
@@ -116,12 +115,13 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     return_logits: also return each step's logits (B, N, V) float32.
     segments: the steps run as up to this many loops over a growing cache
       (`llama.segment_capacities`).
+    block_columns: kernel block width for decoding (`llama.decode_layout`; None: by backend).
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  params = llama.split_layers(params)  # once, outside the loops
+  params = llama.decode_layout(params, block_columns)  # once, outside the loops
   b, t = input_ids.shape
   embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
                  images_seq_mask, images_emb_mask)

@@ -56,16 +56,31 @@ def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
 
 
-def test_decoding_in_segments_equals_one_loop(janus_fixture):
+def test_decoding_in_segments_or_on_kernel_blocks_equals_one_plain_loop(janus_fixture):
   _, model, params = janus_fixture
   b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
-  run = lambda segments: image_ar.sample_codes(  # noqa: E731
+  run = lambda **kw: image_ar.sample_codes(  # noqa: E731
       model, params, b.tokens, b.mask, b.positions, jax.random.key(3), jnp.float32(5.0),
       sampler=samplers.Sampling(temperature=1.0, top_k=50), num_tokens=P, return_logits=True,
-      segments=segments)
-  (one_codes, one_logits), (many_codes, many_logits) = run(1), run(5)
-  np.testing.assert_array_equal(many_codes, one_codes)
-  np.testing.assert_allclose(many_logits, one_logits, atol=2e-5, rtol=2e-5)
+      **kw)
+  want_codes, want_logits = run(segments=1, block_columns=0)
+  # Five stages over a growing cache; column blocks of the 64-wide LLM and the 256-code head.
+  for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40)):
+    codes, logits = run(**kw)
+    np.testing.assert_array_equal(codes, want_codes)
+    np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
+
+
+def test_decode_jit_compiles_without_options_this_xla_lacks(monkeypatch):
+  monkeypatch.setattr(image_ar, "CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": ""})
+  double = image_ar.decode_jit()(lambda x: 2 * x)
+  np.testing.assert_array_equal(double(jnp.arange(3)), [0, 2, 4])
+
+
+def test_cpu_compiler_options_are_known_to_this_xla():
+  # If a jaxlib drops them, decode_jit silently compiles without them: this says so.
+  jax.jit(lambda x: x @ x, compiler_options=image_ar.CPU_COMPILER_OPTIONS).lower(
+      jnp.ones((4, 4))).compile()
 
 
 def test_cfg_weight_one_equals_conditional_branch(janus_fixture):

@@ -26,13 +26,13 @@ CONVS = [conversation([378, 244, 215], 1, 0),
          conversation([100, 101], 0, 2)]
 
 
-def run(model, params, convs, n=6, eos=-1, segments=4):
+def run(model, params, convs, n=6, eos=-1, segments=4, block_columns=None):
   b = text.make_batch(convs, image_id=IMG, pad_id=PAD, tokens_per_image=P,
                       image_shape=(32, 32, 3))
   return text.decode(model, params, b.input_ids, b.attention_mask, b.pixel_values,
                      b.images_seq_mask, b.images_emb_mask, jax.random.key(0), jnp.int32(eos),
                      jnp.int32(PAD), sampler=samplers.Greedy(), max_new_tokens=n,
-                     return_logits=True, segments=segments)
+                     return_logits=True, segments=segments, block_columns=block_columns)
 
 
 def test_expand_and_batch_layout():
@@ -66,6 +66,14 @@ def test_batch_with_one_and_two_images_equals_each_alone(janus_fixture):
     np.testing.assert_allclose(logits[i], l1[0], atol=2e-4, rtol=2e-4)
     assert num[i] == n1[0] == 6
   assert not np.allclose(logits[0], logits[1], atol=1e-2)  # the rows really differ
+
+
+def test_kernels_in_column_blocks_give_the_same_tokens(janus_fixture):
+  _, model, params = janus_fixture
+  want_tokens, _, want_logits = run(model, params, CONVS, block_columns=0)
+  tokens, _, logits = run(model, params, CONVS, block_columns=40)  # 512-token vocabulary
+  np.testing.assert_array_equal(tokens, want_tokens)
+  np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
 
 
 def test_eos_stops_one_row_while_others_continue(janus_fixture):
