@@ -193,6 +193,20 @@ def timed(fn, repeats: int):
   return best
 
 
+def check_args(args):
+  """Refuses arguments the bench cannot run, naming the flag (before anything is built)."""
+  grid = int(round(args.tokens ** 0.5))
+  if args.tokens < 1 or grid * grid != args.tokens:
+    raise SystemExit(f"error: --tokens must be a square number of image tokens (576 = 24 x 24), "
+                     f"got {args.tokens}")
+  for name, value, low in (("--repeats", args.repeats, 1), ("--images", args.images, 0),
+                           ("--check_tokens", args.check_tokens, 0)):
+    if value < low:
+      raise SystemExit(f"error: {name} must be >= {low}, got {value}")
+  if args.check_tokens > args.tokens:
+    raise SystemExit(f"error: --check_tokens {args.check_tokens} exceeds --tokens {args.tokens}")
+
+
 def limit_cpus(threads: int) -> str:
   """Pins the process to its first `threads` usable cores (XLA and torch then share them).
 
@@ -250,6 +264,7 @@ def main(argv=None):
   ap.add_argument("--hf", action="store_true",
                   help="also time transformers JanusForConditionalGeneration.generate")
   args = ap.parse_args(argv)
+  check_args(args)
   cpus = limit_cpus(args.threads)
   on_gpu = jax.default_backend() == "gpu"
   if args.config == "auto":
@@ -277,8 +292,9 @@ def main(argv=None):
   prompt = [1] + list(range(10, 10 + 14)) + [5]  # BOS, 14 text tokens, <begin_of_image>
   n, p = args.images, args.tokens
   reference = torch_reference(config, params, dtype, device)
-  # Split the LLM layers once, as sample.py does at load (the sampler would split a copy).
-  params = llama.split_layers(params)
+  # Lay the weights out for decoding once, as sample.py does at load (the sampler would lay out
+  # a copy): layers split and, on CPU, kernels in column blocks (llama.decode_layout).
+  params = llama.decode_layout(params)
 
   # Correctness first: both pick the same greedy codes.
   if args.check_tokens:

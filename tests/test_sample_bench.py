@@ -41,3 +41,12 @@ def test_hf_vq_decodes_a_full_grid():
 def test_limit_cpus_refuses_a_bad_thread_count(threads):
   with pytest.raises(ValueError, match="--threads"):
     sample_bench.limit_cpus(threads)
+
+
+@pytest.mark.parametrize("argv, flag", [(["--tokens", "500"], "--tokens"),
+                                        (["--repeats", "0"], "--repeats"),
+                                        (["--images", "-2"], "--images"),
+                                        (["--check_tokens", "600"], "--check_tokens")])
+def test_bad_arguments_are_refused_by_name(argv, flag):
+  with pytest.raises(SystemExit, match=flag):
+    sample_bench.main(argv)

@@ -201,6 +201,8 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
+  if num_tokens < 1 or segments < 1:
+    raise ValueError(f"num_tokens and segments must be >= 1, got {num_tokens} and {segments}")
   params = llama.decode_layout(params, block_columns)  # once, outside the loops
   r, t = tokens.shape
   b = r // 2 if guided else r

@@ -158,6 +158,12 @@ def test_bad_prompts_are_refused(janus_fixture):
     image_ar.generate(model, params, [[1] * context], **kw)
   with pytest.raises(ValueError, match="num_images"):
     image_ar.generate(model, params, [[1, 5]], num_images=0, **kw)
+  b = image_ar.prompt_batch([[1, 5]], num_images=1, pad_id=PAD)
+  for n, segments in ((0, 8), (1, 0)):  # one token used to ignore the stage count
+    with pytest.raises(ValueError, match="num_tokens and segments must be >= 1"):
+      image_ar.sample_codes(model, params, b.tokens, b.mask, b.positions, jax.random.key(0),
+                            jnp.float32(5.0), sampler=samplers.Greedy(), num_tokens=n,
+                            segments=segments)
 
 
 def test_janusflow_model_is_refused():
