@@ -13,8 +13,9 @@ Positions are always supplied by the caller (plain `0..T-1`, a cache offset, or
 slot i may see key slot j <= i whose token is valid and, when segment ids are given, in the same
 segment. The KV cache is an explicit pytree with a fixed capacity (one buffer pair per layer);
 every row writes the same slots, which left padding makes possible. Training runs the layers as
-the `nn.scan`; cached decoding runs them one by one, best on parameters split per layer
-(`split_layers`), and grows its cache in stages (`segment_capacities`, `grow_cache`).
+the `nn.scan`; cached decoding runs them one by one, best on parameters split per layer and, on
+CPU, with kernels in column blocks (`decode_layout`), and grows its cache in stages
+(`segment_capacities`, `grow_cache`).
 """
 
 import dataclasses
