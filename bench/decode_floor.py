@@ -6,8 +6,9 @@ A decode step of the sampler multiplies every LLM layer's weights (q/k/v/o, gate
 the generation head by a few rows (2 per image with guidance). This times exactly those
 matrix products, with the bench config's shapes, in a jitted `fori_loop` like the sampler's (the
 kernels in the sampler's CPU column blocks, compiled with its options; `--block_columns 0 --ynn`
-gives the layout and dots it had before), and the time numpy takes to stream the same bytes once. Whatever the sampler spends above the
-GEMM time goes to attention over the cache, norms, RoPE, the embedding and the sampling itself.
+gives the layout and dots it had before), and the time numpy takes to stream the same bytes
+once. Whatever the sampler spends above the GEMM time goes to attention over the cache, norms,
+RoPE, the embedding and the sampling itself.
 """
 
 import argparse

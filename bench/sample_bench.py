@@ -195,8 +195,7 @@ def timed(fn, repeats: int):
 
 def check_args(args):
   """Refuses arguments the bench cannot run, naming the flag (before anything is built)."""
-  grid = int(round(args.tokens ** 0.5))
-  if args.tokens < 1 or grid * grid != args.tokens:
+  if args.tokens < 1 or int(round(args.tokens ** 0.5)) ** 2 != args.tokens:
     raise SystemExit(f"error: --tokens must be a square number of image tokens (576 = 24 x 24), "
                      f"got {args.tokens}")
   for name, value, low in (("--repeats", args.repeats, 1), ("--images", args.images, 0),

@@ -44,6 +44,7 @@ def test_limit_cpus_refuses_a_bad_thread_count(threads):
 
 
 @pytest.mark.parametrize("argv, flag", [(["--tokens", "500"], "--tokens"),
+                                        (["--tokens", "-4"], "--tokens"),
                                         (["--repeats", "0"], "--repeats"),
                                         (["--images", "-2"], "--images"),
                                         (["--check_tokens", "600"], "--check_tokens")])

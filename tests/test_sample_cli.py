@@ -17,6 +17,8 @@ from janus_jax import fixtures
 from janus_jax.convert import driver
 from janus_jax.data import preprocess
 from janus_jax.data import synthetic
+from janus_jax.models import layers
+from janus_jax.models import llama
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -86,7 +88,10 @@ def test_same_seed_same_images(ckpt, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sharded_load_splits_layers_in_place_and_gives_the_same_images(ckpt, tmp_path):
+def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path, monkeypatch):
+  # The tiny model is 64 wide: 32-column blocks make sample.py cut its kernels, as it cuts a
+  # real checkpoint's (> 512 columns) on CPU.
+  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)
   cfg = config(ckpt, tmp_path, num_images=2)
   req = sample.Request(prompts=["a red cat", "two dogs"])
   images = {}
@@ -100,17 +105,21 @@ def test_sharded_load_splits_layers_in_place_and_gives_the_same_images(ckpt, tmp
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
   # The loaded LLM layers are split, each slice sharded as its stacked parent minus the layer
-  # axis (q_proj is (L, D, N, H): FSDP on D, tensor on N).
+  # axis (q_proj is (L, D, N, H): FSDP on D, tensor on N), and cut into blocks of 2 heads.
   mesh = sample.sharding.make_mesh((2, 2, 2))
   rules_ = sample.sharding.rules_from_config(None)
   _, _, params, _ = sample.load_model(ckpt, cfg, mesh, rules_)
-  layers = params["language_model"]["model"]["layers"]
-  assert isinstance(layers, tuple) and len(layers) > 1
-  q = layers[1]["self_attn"]["q_proj"]
-  assert q.ndim == 3 and tuple(q.sharding.spec)[:2] == ("fsdp", "tensor"), q.sharding.spec
+  decoder_layers = params["language_model"]["model"]["layers"]
+  assert isinstance(decoder_layers, tuple) and len(decoder_layers) > 1
+  q = decoder_layers[1]["self_attn"]["q_proj"]
+  assert isinstance(q, layers.Blocks) and [p.shape[1] for p in q.parts] == [2, 2]
+  for part in q.parts:
+    assert tuple(part.sharding.spec)[:2] == ("fsdp", "tensor"), part.sharding.spec
+  assert len(params["gen_head"]["vision_head"]["kernel"].parts) == 8  # 256 codes
 
 
-def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys):
+def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)  # chat on cut kernels too
   cmyk = save(tmp_path / "cmyk.jpg", rgb(40, 30).convert("CMYK"))
   grey16 = save(tmp_path / "grey16.png",
                 Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)))
@@ -180,7 +189,9 @@ def test_wrong_family_and_not_a_checkpoint(ckpt, tmp_path):
     sample.run(config(tmp_path / "nope", tmp_path), sample.Request(prompts=["a cat"]))
 
 
-def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path):
+def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path,
+                                                                monkeypatch):
+  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)  # the flow sampler on cut kernels
   fx = fixtures.load(fixtures_dir / "janusflow_tiny")
   ckpt = tmp_path / "janusflow_tiny"
   driver.convert(fx.root, ckpt, extra=fx.extra, progress=False, log=lambda *a: None)

@@ -58,6 +58,9 @@ class Dense(nn.Module):
     dims = (((x.ndim - 1,), (0,)), ((), ()))
     kernel = kernel.astype(self.dtype)
     if isinstance(kernel, Blocks):
+      if kernel.axis != 1:
+        raise ValueError(f"{self.path}/kernel: blocks along axis {kernel.axis}; a dense "
+                         "kernel is cut along its output axis 1")
       y = jnp.concatenate([jax.lax.dot_general(x, k, dims) for k in kernel.parts], axis=-1)
     else:
       y = jax.lax.dot_general(x, kernel, dims)
@@ -142,7 +145,8 @@ def block_kernels(params, columns: int, free: bool = False):
   faster (bench/README.md, session 15). Blocks keep whole heads (q/k/v/o). Kernels of another
   rank (convolutions, scanned stacks: `llama.split_layers` first) stay as they are, as does
   everything when `columns` <= 0. Each output column is the same dot product as before (equal up
-  to the rounding of the kernel XLA picks for each block). `free` deletes each original array once cut (outside `jit`: the weights are never held twice).
+  to the rounding of the kernel XLA picks for each block). `free` deletes each original array
+  once cut (outside `jit`: the weights are never held twice).
   """
   if columns <= 0:
     return params

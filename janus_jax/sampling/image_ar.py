@@ -157,7 +157,8 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 def decode_jit(**jit_kwargs):
   """`jax.jit(fn, **jit_kwargs)`, compiled with `CPU_COMPILER_OPTIONS` on the CPU backend.
 
-  An XLA that does not know the options (they are experimental) compiles without them.
+  An XLA that does not take the options (they are experimental) compiles without them, and so
+  does a call inside another trace (`jit`, `scan`, `grad`): only a top-level jit takes options.
   """
   def wrap(fn):
     plain = jax.jit(fn, **jit_kwargs)
@@ -166,11 +167,17 @@ def decode_jit(**jit_kwargs):
 
     @functools.wraps(fn)
     def call(*args, **kw):
-      if use_tuned[0] and jax.default_backend() == "cpu":
+      if (use_tuned[0] and jax.default_backend() == "cpu"
+          and not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kw)))):
         try:
           return tuned(*args, **kw)
+        except ValueError as e:  # traced through a closure only: not a top-level jit
+          if "compiler_options" not in str(e):
+            raise
         except jax.errors.JaxRuntimeError as e:
-          if "compile option" not in str(e):
+          message = str(e)
+          if "compile option" not in message and not any(k in message
+                                                         for k in CPU_COMPILER_OPTIONS):
             raise
           use_tuned[0] = False
       return plain(*args, **kw)

@@ -77,6 +77,17 @@ def test_decode_jit_compiles_without_options_this_xla_lacks(monkeypatch):
   np.testing.assert_array_equal(double(jnp.arange(3)), [0, 2, 4])
 
 
+@pytest.mark.parametrize("options", [{"xla_cpu_experimental_ynn_fusion_type": "no_such_type"},
+                                     image_ar.CPU_COMPILER_OPTIONS])
+def test_decode_jit_runs_nested_and_on_options_xla_refuses(monkeypatch, options):
+  monkeypatch.setattr(image_ar, "CPU_COMPILER_OPTIONS", options)
+  double = image_ar.decode_jit()(lambda x: 2 * x)
+  np.testing.assert_array_equal(double(jnp.arange(3)), [0, 2, 4])
+  x = jnp.arange(3)
+  np.testing.assert_array_equal(jax.jit(lambda y: double(y) + 1)(x), [1, 3, 5])  # tracer arg
+  np.testing.assert_array_equal(jax.jit(lambda: double(x))(), [0, 2, 4])  # closure: no tracer
+
+
 def test_cpu_compiler_options_are_known_to_this_xla():
   # If a jaxlib drops them, decode_jit silently compiles without them: this says so.
   jax.jit(lambda x: x @ x, compiler_options=image_ar.CPU_COMPILER_OPTIONS).lower(
