@@ -144,11 +144,13 @@ def block_kernels(params, columns: int, free: bool = False):
   same weights as contiguous blocks of ~`columns` output columns, one product each, stream much
   faster (bench/README.md, session 15). Blocks keep whole heads (q/k/v/o). Kernels of another
   rank (convolutions, scanned stacks: `llama.split_layers` first) stay as they are, as does
-  everything when `columns` <= 0. Each output column is the same dot product as before (equal up
+  everything when `columns` is 0. Each output column is the same dot product as before (equal up
   to the rounding of the kernel XLA picks for each block). `free` deletes each original array
   once cut (outside `jit`: the weights are never held twice).
   """
-  if columns <= 0:
+  if columns < 0:
+    raise ValueError(f"block columns must be >= 0 (0: whole kernels), got {columns}")
+  if columns == 0:
     return params
   if isinstance(params, Mapping):
     return {k: (_cut(v, *_CUT_AXIS[k], columns, free) if k in _CUT_AXIS and _is_array(v)

@@ -156,6 +156,8 @@ def test_kernels_in_column_blocks_give_the_same_outputs(model_params):
   again = llama.decode_layout(laid, block_columns=24)  # idempotent
   assert again["lm_head"]["kernel"] is laid["lm_head"]["kernel"]
   assert llama.decode_layout(p, block_columns=0)["lm_head"]["kernel"] is p["lm_head"]["kernel"]
+  with pytest.raises(ValueError, match="block columns must be >= 0"):
+    llama.decode_layout(p, block_columns=-1)
   ids, mask, pos = _inputs(t=8)
   emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
   for cache in (None, llama.init_cache(CFG, 2, 10)):
