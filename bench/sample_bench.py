@@ -193,13 +193,52 @@ def timed(fn, repeats: int):
   return best
 
 
+def decode_traffic(config: janus.Config, params, rows: int, prompt_len: int, num_tokens: int,
+                   segments: int) -> tuple[int, int]:
+  """Bytes one `sample_codes` run must read from memory at least: (weights, KV cache).
+
+  Each of the P - 1 decode steps reads every decoder-layer, final-norm, generation-head and
+  generation-aligner weight once (embedding tables are gathered, a few rows a step), and the
+  whole K and V buffers of its cache stage (`llama.segment_capacities`) for all rows.
+  """
+  nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+  decoder = params["language_model"]["model"]
+  per_step = nbytes((decoder["layers"], decoder["norm"], params["gen_head"],
+                     params["gen_aligner"]))
+  c = config.llm
+  slot = rows * c.num_kv_heads * c.head_dim * 2 * c.num_layers * jnp.dtype(params[
+      "gen_head"]["vision_head"]["kernel"].dtype).itemsize  # K and V of one slot, all layers
+  steps, done, kv = num_tokens - 1, 0, 0
+  for size in llama.segment_capacities(prompt_len, prompt_len + steps, segments):
+    kv += (min(size - prompt_len, steps) - done) * size * slot
+    done = size - prompt_len
+  return steps * per_step, kv
+
+
+def floor_line(weights: int, kv: int, bandwidth: float, jax_s: float) -> str:
+  """The memory-bound time of a run's `decode_traffic` at `bandwidth` bytes/s, vs JAX's."""
+  floor = (weights + kv) / bandwidth
+  return (f"memory floor: {weights / 1e9:.0f} GB weights + {kv / 1e9:.0f} GB KV per run at the "
+          f"measured copy bandwidth {bandwidth / 1e12:.2f} TB/s = {floor:.2f}s "
+          f"(jax tokens at {jax_s / floor:.2f}x the floor)")
+
+
+def copy_bandwidth(repeats: int = 5) -> float:
+  """Bytes per second of a device-to-device elementwise copy (2 GiB read + 2 GiB written)."""
+  x = jnp.ones((1 << 30,), jnp.bfloat16)
+  negate = jax.jit(jnp.negative)
+  negate(x).block_until_ready()
+  return 2 * x.nbytes / timed(lambda: negate(x).block_until_ready(), repeats)
+
+
 def check_args(args):
   """Refuses arguments the bench cannot run, naming the flag (before anything is built)."""
   if args.tokens < 1 or int(round(args.tokens ** 0.5)) ** 2 != args.tokens:
     raise SystemExit(f"error: --tokens must be a square number of image tokens (576 = 24 x 24), "
                      f"got {args.tokens}")
   for name, value, low in (("--repeats", args.repeats, 1), ("--images", args.images, 0),
-                           ("--check_tokens", args.check_tokens, 0)):
+                           ("--check_tokens", args.check_tokens, 0),
+                           ("--segments", args.segments, 1)):
     if value < low:
       raise SystemExit(f"error: {name} must be >= {low}, got {value}")
   if args.check_tokens > args.tokens:
@@ -260,6 +299,8 @@ def main(argv=None):
                        "comparison")
   ap.add_argument("--check_tokens", type=int, default=32,
                   help="greedy codes compared between JAX and the reference (0: skip)")
+  ap.add_argument("--segments", type=int, default=8,
+                  help="the sampler's cache-growth stages (image_ar.sample_codes)")
   ap.add_argument("--hf", action="store_true",
                   help="also time transformers JanusForConditionalGeneration.generate")
   args = ap.parse_args(argv)
@@ -300,7 +341,7 @@ def main(argv=None):
     ref_codes = reference([prompt], n, 5.0, args.check_tokens, greedy=True).cpu().numpy()
     jax_codes, _ = image_ar.sample_codes(
         model, params, *_rows(prompt, n), jax.random.key(0), jnp.float32(5.0),
-        sampler=samplers.Greedy(), num_tokens=args.check_tokens)
+        sampler=samplers.Greedy(), num_tokens=args.check_tokens, segments=args.segments)
     same = int((np.asarray(jax_codes) == ref_codes).all(axis=0).sum())
     print(f"greedy check: {same}/{args.check_tokens} steps pick identical codes", flush=True)
 
@@ -310,7 +351,8 @@ def main(argv=None):
 
   def jax_codes(seed=0):
     codes, _ = image_ar.sample_codes(model, params, *rows, jax.random.key(seed),
-                                     jnp.float32(5.0), sampler=sampler, num_tokens=p)
+                                     jnp.float32(5.0), sampler=sampler, num_tokens=p,
+                                     segments=args.segments)
     return codes.block_until_ready()
 
   def jax_images():
@@ -345,8 +387,16 @@ def main(argv=None):
   print(f"jax compile (first call, codes + decode): {compile_s:.1f}s")
   line("jax (fori_loop, jit)", jax_tok_s, jax_e2e_s)
   line("reference loop (torch)", ref_tok_s, ref_e2e_s)
+  if on_gpu:
+    traffic = decode_traffic(config, params, 2 * n, len(prompt), p, args.segments)
+    print(floor_line(*traffic, copy_bandwidth(), jax_tok_s), flush=True)
   if args.hf:
-    hf_s = time_hf_generate(config, grid, n, p, dtype, device, prompt)
+    try:
+      hf_s = time_hf_generate(config, grid, n, p, dtype, device, prompt)
+    except Exception as e:  # noqa: BLE001  (another transformers version: keep the lines below)
+      print(f"{'transformers Janus generate':<28} failed: {type(e).__name__}: {e}", flush=True)
+      hf_s = None
+  if args.hf and hf_s is not None:
     print(f"{'transformers Janus generate':<28} tokens+decode: {hf_s:7.2f}s "
           f"{n / hf_s:7.3f} images/s   (jax end-to-end speedup {hf_s / jax_e2e_s:.2f}x)")
   print(f"end_to_end_speedup={ref_e2e_s / jax_e2e_s:.2f}")

@@ -47,7 +47,34 @@ def test_limit_cpus_refuses_a_bad_thread_count(threads):
                                         (["--tokens", "-4"], "--tokens"),
                                         (["--repeats", "0"], "--repeats"),
                                         (["--images", "-2"], "--images"),
-                                        (["--check_tokens", "600"], "--check_tokens")])
+                                        (["--check_tokens", "600"], "--check_tokens"),
+                                        (["--segments", "0"], "--segments")])
 def test_bad_arguments_are_refused_by_name(argv, flag):
   with pytest.raises(SystemExit, match=flag):
     sample_bench.main(argv)
+
+
+def test_decode_traffic_counts_every_step_and_cache_stage():
+  """The GPU floor's byte count, checked against a hand sum on the 7B shape (no weights made)."""
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+  from janus_jax.models import janus  # noqa: PLC0415
+  config = sample_bench.bench_config("janus_pro_7b")
+  model = janus.Model(config, jnp.bfloat16, jnp.bfloat16)
+  params = jax.eval_shape(lambda: sample_bench.init_generation_params(model, 576))
+  c = config.llm
+  weights, kv = sample_bench.decode_traffic(config, params, rows=32, prompt_len=16,
+                                            num_tokens=576, segments=1)
+  layer = 4 * c.hidden_size * c.num_heads * c.head_dim + 3 * c.hidden_size * c.intermediate_size
+  d, v, e = c.hidden_size, config.image_token_size, config.gen_embed_dim
+  norms = (2 * c.num_layers + 1) * d
+  head = (d * d + d) + (d * v + v)  # gen_head: projector then vision head, with biases
+  aligner = (e * d + d) + (d * d + d)
+  assert weights == 575 * (c.num_layers * layer + norms + head + aligner) * 2
+  slot = 32 * c.num_kv_heads * c.head_dim * 2 * c.num_layers * 2
+  assert kv == 575 * 591 * slot  # one stage: every step reads the final 591-slot cache
+  _, kv8 = sample_bench.decode_traffic(config, params, 32, 16, 576, segments=8)
+  assert 0.5 * kv < kv8 < 0.6 * kv  # stages read about (1 + 1/8) / 2 of it
+  line = sample_bench.floor_line(weights, kv8, 4.0e12, 3.0)
+  assert line.startswith(f"memory floor: 7098 GB weights + {kv8 / 1e9:.0f} GB KV")
+  assert f"= {(weights + kv8) / 4e12:.2f}s" in line
