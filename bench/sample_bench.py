@@ -19,6 +19,7 @@ last line `speedup_vs_reference=<JAX token throughput / reference token throughp
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 
@@ -231,6 +232,39 @@ def copy_bandwidth(repeats: int = 5) -> float:
   return 2 * x.nbytes / timed(lambda: negate(x).block_until_ready(), repeats)
 
 
+def profile_summary(trace_dir: str, top: int = 12) -> list[str]:
+  """Time per event name on each device line of the `jax.profiler` trace in `trace_dir`.
+
+  Op names are summed without their numeric suffixes. Device planes only ("/device:GPU:0" streams and XLA op lines); where there are none (the CPU
+  backend), the host plane's lines other than Python's. Returns printable lines, largest first.
+  """
+  import glob  # noqa: PLC0415
+  from jax._src.lib import _profile_data  # noqa: PLC0415  (no public reader of xplane.pb)
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
+  if not paths:
+    return [f"profile: no xplane.pb under {trace_dir}"]
+  planes = list(_profile_data.ProfileData.from_file(paths[-1]).planes)
+  chosen = [pl for pl in planes if pl.name.startswith("/device:")] or [
+      pl for pl in planes if pl.name.startswith("/host:")]
+  out = []
+  for plane in chosen:
+    for line in plane.lines:
+      if "python" in line.name.lower():
+        continue
+      totals, events = {}, 0
+      for ev in line.events:  # one name per op kind: "dot.4419", "fusion_12" -> "dot", "fusion"
+        name = re.sub(r"([._]\d+)+$", "", ev.name)
+        totals[name] = totals.get(name, 0) + ev.duration_ns
+        events += 1
+      if not totals:
+        continue
+      out.append(f"profile {plane.name} / {line.name}: {sum(totals.values()) / 1e6:.1f} ms, "
+                 f"{events} events")
+      for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {ns / 1e6:10.1f} ms  {name[:100]}")
+  return out
+
+
 def check_args(args):
   """Refuses arguments the bench cannot run, naming the flag (before anything is built)."""
   if args.tokens < 1 or int(round(args.tokens ** 0.5)) ** 2 != args.tokens:
@@ -301,6 +335,9 @@ def main(argv=None):
                   help="greedy codes compared between JAX and the reference (0: skip)")
   ap.add_argument("--segments", type=int, default=8,
                   help="the sampler's cache-growth stages (image_ar.sample_codes)")
+  ap.add_argument("--profile", default="",
+                  help="trace one more JAX sampling run into this folder and print the time "
+                       "per op on the device")
   ap.add_argument("--hf", action="store_true",
                   help="also time transformers JanusForConditionalGeneration.generate")
   args = ap.parse_args(argv)
@@ -387,6 +424,13 @@ def main(argv=None):
   print(f"jax compile (first call, codes + decode): {compile_s:.1f}s")
   line("jax (fori_loop, jit)", jax_tok_s, jax_e2e_s)
   line("reference loop (torch)", ref_tok_s, ref_e2e_s)
+  if args.profile:
+    with jax.profiler.trace(args.profile):
+      jax_codes()
+    try:
+      print("\n".join(profile_summary(args.profile)), flush=True)
+    except Exception as e:  # noqa: BLE001  (a private reader: keep the lines below)
+      print(f"profile: could not read the trace in {args.profile}: {type(e).__name__}: {e}")
   if on_gpu:
     traffic = decode_traffic(config, params, 2 * n, len(prompt), p, args.segments)
     print(floor_line(*traffic, copy_bandwidth(), jax_tok_s), flush=True)
