@@ -339,10 +339,10 @@ def main(argv=None):
   ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 (auto: by backend)")
   ap.add_argument("--repeats", type=int, default=2, help="timed runs per side (best counts)")
   ap.add_argument("--threads", type=int, default=1,
-                  help="CPU only: threads for both XLA and torch, and the process is pinned to "
-                       "that many cores (0: their defaults, unpinned). One by default: on a "
-                       "shared machine oversubscribed torch threads spin and distort the "
-                       "comparison")
+                  help="threads for both XLA and torch on CPU, and the process is pinned to "
+                       "that many cores (0: their defaults, unpinned; pass 0 on a GPU, where "
+                       "the pinning would only slow compilation). One by default: on a shared "
+                       "machine oversubscribed torch threads spin and distort the comparison")
   ap.add_argument("--check_tokens", type=int, default=32,
                   help="greedy codes compared between JAX and the reference (0: skip)")
   ap.add_argument("--segments", type=int, default=8,
