@@ -247,8 +247,9 @@ def copy_bandwidth(repeats: int = 20) -> float:
 def profile_summary(trace_dir: str, top: int = 12) -> list[str]:
   """Time per event name on each device line of the `jax.profiler` trace in `trace_dir`.
 
-  Op names are summed without their numeric suffixes. Device planes only ("/device:GPU:0" streams and XLA op lines); where there are none (the CPU
-  backend), the host plane's lines other than Python's. Returns printable lines, largest first.
+  Op names are summed without their numeric suffixes. Device planes only ("/device:GPU:0"
+  streams and XLA op lines); where there are none (the CPU backend), the host plane's lines other
+  than Python's. Returns printable lines, largest first.
   """
   import glob  # noqa: PLC0415
   from jax._src.lib import _profile_data  # noqa: PLC0415  (no public reader of xplane.pb)
