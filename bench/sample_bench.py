@@ -199,25 +199,27 @@ def timed(fn, repeats: int):
   return best
 
 
-def decode_traffic(config: janus.Config, params, rows: int, prompt_len: int, num_tokens: int,
-                   segments: int) -> tuple[int, int]:
+def decode_traffic(config: janus.Config, params, cache_dtype, rows: int, prompt_len: int,
+                   num_tokens: int, segments: int) -> tuple[int, int]:
   """Bytes one `sample_codes` run must read from memory at least: (weights, KV cache).
 
   Each of the P - 1 decode steps reads every decoder-layer, final-norm, generation-head and
   generation-aligner weight once (embedding tables are gathered, a few rows a step), and the
-  whole K and V buffers of its cache stage (`llama.segment_capacities`) for all rows.
+  whole K and V buffers (`cache_dtype`, the model's compute dtype) of its cache stage
+  (`llama.segment_capacities`) for all `rows`.
   """
   nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
   decoder = params["language_model"]["model"]
   per_step = nbytes((decoder["layers"], decoder["norm"], params["gen_head"],
                      params["gen_aligner"]))
   c = config.llm
-  slot = rows * c.num_kv_heads * c.head_dim * 2 * c.num_layers * jnp.dtype(params[
-      "gen_head"]["vision_head"]["kernel"].dtype).itemsize  # K and V of one slot, all layers
+  # K and V of one slot, all layers
+  slot = rows * c.num_kv_heads * c.head_dim * 2 * c.num_layers * jnp.dtype(cache_dtype).itemsize
   steps, done, kv = num_tokens - 1, 0, 0
-  for size in llama.segment_capacities(prompt_len, prompt_len + steps, segments):
-    kv += (min(size - prompt_len, steps) - done) * size * slot
-    done = size - prompt_len
+  if steps:  # one token: the prefill alone, no decode step (as in `sample_codes`)
+    for size in llama.segment_capacities(prompt_len, prompt_len + steps, segments):
+      kv += (size - prompt_len - done) * size * slot
+      done = size - prompt_len
   return steps * per_step, kv
 
 
@@ -447,17 +449,16 @@ def main(argv=None):
     except Exception as e:  # noqa: BLE001  (a private reader: keep the lines below)
       print(f"profile: could not read the trace in {args.profile}: {type(e).__name__}: {e}")
   if on_gpu:
-    traffic = decode_traffic(config, params, 2 * n, len(prompt), p, args.segments)
+    traffic = decode_traffic(config, params, dtype, 2 * n, len(prompt), p, args.segments)
     print(floor_line(*traffic, copy_bandwidth(), jax_tok_s), flush=True)
   if args.hf:
     try:
       hf_s = time_hf_generate(config, grid, n, p, dtype, device, prompt, args.repeats)
     except Exception as e:  # noqa: BLE001  (another transformers version: keep the lines below)
       print(f"{'transformers Janus generate':<28} failed: {type(e).__name__}: {e}", flush=True)
-      hf_s = None
-  if args.hf and hf_s is not None:
-    print(f"{'transformers Janus generate':<28} tokens+decode: {hf_s:7.2f}s "
-          f"{n / hf_s:7.3f} images/s   (jax end-to-end speedup {hf_s / jax_e2e_s:.2f}x)")
+    else:
+      print(f"{'transformers Janus generate':<28} tokens+decode: {hf_s:7.2f}s "
+            f"{n / hf_s:7.3f} images/s   (jax end-to-end speedup {hf_s / jax_e2e_s:.2f}x)")
   print(f"end_to_end_speedup={ref_e2e_s / jax_e2e_s:.2f}")
   print(f"speedup_vs_reference={ref_tok_s / jax_tok_s:.2f}")
 

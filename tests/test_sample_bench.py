@@ -63,8 +63,8 @@ def test_decode_traffic_counts_every_step_and_cache_stage():
   model = janus.Model(config, jnp.bfloat16, jnp.bfloat16)
   params = jax.eval_shape(lambda: sample_bench.init_generation_params(model, 576))
   c = config.llm
-  weights, kv = sample_bench.decode_traffic(config, params, rows=32, prompt_len=16,
-                                            num_tokens=576, segments=1)
+  weights, kv = sample_bench.decode_traffic(config, params, jnp.bfloat16, rows=32,
+                                            prompt_len=16, num_tokens=576, segments=1)
   layer = 4 * c.hidden_size * c.num_heads * c.head_dim + 3 * c.hidden_size * c.intermediate_size
   d, v, e = c.hidden_size, config.image_token_size, config.gen_embed_dim
   norms = (2 * c.num_layers + 1) * d
@@ -73,8 +73,9 @@ def test_decode_traffic_counts_every_step_and_cache_stage():
   assert weights == 575 * (c.num_layers * layer + norms + head + aligner) * 2
   slot = 32 * c.num_kv_heads * c.head_dim * 2 * c.num_layers * 2
   assert kv == 575 * 591 * slot  # one stage: every step reads the final 591-slot cache
-  _, kv8 = sample_bench.decode_traffic(config, params, 32, 16, 576, segments=8)
+  _, kv8 = sample_bench.decode_traffic(config, params, jnp.bfloat16, 32, 16, 576, segments=8)
   assert 0.5 * kv < kv8 < 0.6 * kv  # stages read about (1 + 1/8) / 2 of it
+  assert sample_bench.decode_traffic(config, params, jnp.bfloat16, 32, 16, 1, 8) == (0, 0)
   line = sample_bench.floor_line(weights, kv8, 4.0e12, 3.0)
   assert line.startswith(f"memory floor: 7098 GB weights + {kv8 / 1e9:.0f} GB KV")
   assert f"= {(weights + kv8) / 4e12:.2f}s" in line

@@ -57,13 +57,10 @@ class Dense(nn.Module):
     x = x.astype(self.dtype)
     dims = (((x.ndim - 1,), (0,)), ((), ()))
     kernel = kernel.astype(self.dtype)
-    if isinstance(kernel, Blocks):
-      if kernel.axis != 1:
-        raise ValueError(f"{self.path}/kernel: blocks along axis {kernel.axis}; a dense "
-                         "kernel is cut along its output axis 1")
-      y = jnp.concatenate([jax.lax.dot_general(x, k, dims) for k in kernel.parts], axis=-1)
-    else:
-      y = jax.lax.dot_general(x, kernel, dims)
+    if isinstance(kernel, Blocks) and kernel.axis != 1:
+      raise ValueError(f"{self.path}/kernel: blocks along axis {kernel.axis}; a dense "
+                       "kernel is cut along its output axis 1")
+    y = blockwise(lambda k: jax.lax.dot_general(x, k, dims), kernel, -1)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
@@ -122,12 +119,18 @@ def einsum(spec: str, x: jax.Array, w, **kw) -> jax.Array:
 
   `spec` names every axis explicitly (no ellipsis).
   """
+  out_axis = None
+  if isinstance(w, Blocks):
+    inputs, out = spec.split("->")
+    out_axis = out.index(inputs.split(",")[1][w.axis])  # the weight's subscripts are explicit
+  return blockwise(lambda p: jnp.einsum(spec, x, p, **kw), w, out_axis)
+
+
+def blockwise(product, w, out_axis):
+  """`product(w)`; for `Blocks`, `product` of each block joined along the output's `out_axis`."""
   if not isinstance(w, Blocks):
-    return jnp.einsum(spec, x, w, **kw)
-  inputs, out = spec.split("->")
-  letter = inputs.split(",")[1][w.axis]  # the weight's subscripts are explicit
-  parts = [jnp.einsum(spec, x, p, **kw) for p in w.parts]
-  return jnp.concatenate(parts, axis=out.index(letter))
+    return product(w)
+  return jnp.concatenate([product(p) for p in w.parts], axis=out_axis)
 
 
 # Projection kernels by parameter name: (rank, the output axis to cut). Dense kernels are
