@@ -165,11 +165,13 @@ def test_kernels_in_column_blocks_give_the_same_outputs(model_params):
         {"params": params}, emb, jnp.asarray(pos), attn_mask=jnp.asarray(mask), cache=c,
         method=lambda mod, *a, **k: (mod(*a, **k), mod.logits(mod(*a, **k).hidden))))
     (want, want_logits), (got, got_logits) = run(split), run(laid)
+    # Each block's product rounds as the kernel XLA picks for its width: on an AVX-512 host
+    # the hidden states (~1 in size) differ by up to 2.3e-6, on an AVX2 one by under 1e-6.
     np.testing.assert_allclose(np.asarray(got_logits), np.asarray(want_logits), atol=1e-5)
-    np.testing.assert_allclose(np.asarray(got.hidden), np.asarray(want.hidden), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(got.hidden), np.asarray(want.hidden), atol=1e-5)
     if cache is not None:
       for a, b in zip(got.cache.k + got.cache.v, want.cache.k + want.cache.v):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
 def test_kernel_blocks_of_the_wrong_shape_are_refused_and_free_deletes(model_params):
