@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from janus_jax import sharding
 from janus_jax.models import layers
 from janus_jax.models import llama
 
@@ -188,3 +189,52 @@ def test_kernel_blocks_of_the_wrong_shape_are_refused_and_free_deletes(model_par
   assert kernel.is_deleted() and not scale.is_deleted()
   np.testing.assert_array_equal(np.concatenate(freed["lm_head"]["kernel"].parts, axis=1),
                                 p["lm_head"]["kernel"])
+
+
+def test_fused_projections_give_the_same_outputs(model_params):
+  """q/k/v and gate/up stacked (the GPU decode layout): one product each, the same outputs;
+  grouped-query attention keeps its kernels; idempotent; `free` deletes the originals; a
+  sharded kernel keeps its sharding on the old axes."""
+  cfg = llama.get_config("tiny")  # 4 heads, 4 KV heads
+  m = llama.Model(cfg)
+  ids4 = jnp.zeros((1, 4), jnp.int32)
+  init = lambda: m.init(jax.random.key(1), ids4, method=m.init_all)  # noqa: E731
+  p = nn.unbox(jax.jit(init)())["params"]
+  split = llama.split_layers(p)
+  fused = llama.decode_layout(p, block_columns=0, fuse=True)
+  layer, old = fused["model"]["layers"][1], split["model"]["layers"][1]
+  assert sorted(layer["self_attn"]) == ["o_proj", "qkv_proj"]
+  assert sorted(layer["mlp"]) == ["down_proj", "gate_up_proj"]
+  np.testing.assert_array_equal(layer["self_attn"]["qkv_proj"][:, 2], old["self_attn"]["v_proj"])
+  np.testing.assert_array_equal(layer["mlp"]["gate_up_proj"][:, 0],
+                                old["mlp"]["gate_proj"]["kernel"])
+  again = llama.decode_layout(fused, block_columns=0, fuse=True)
+  assert again["model"]["layers"][1]["self_attn"]["qkv_proj"] is layer["self_attn"]["qkv_proj"]
+  unfused = llama.decode_layout(p, block_columns=0, fuse=False)["model"]["layers"][0]
+  assert "q_proj" in unfused["self_attn"] and "gate_proj" in unfused["mlp"]
+  gqa = llama.decode_layout(model_params[1], block_columns=0, fuse=True)["model"]["layers"][0]
+  assert "q_proj" in gqa["self_attn"] and "gate_up_proj" in gqa["mlp"]
+
+  ids, mask, pos = _inputs(t=8)
+  emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
+  for cache in (None, llama.init_cache(cfg, 2, 10)):
+    run = jax.jit(lambda params, c=cache: m.apply(  # noqa: E731
+        {"params": params}, emb, jnp.asarray(pos), attn_mask=jnp.asarray(mask), cache=c))
+    want, got = run(split), run(fused)
+    np.testing.assert_allclose(np.asarray(got.hidden), np.asarray(want.hidden), atol=1e-5)
+    if cache is not None:
+      for a, b in zip(got.cache.k + got.cache.v, want.cache.k + want.cache.v):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+  mesh = sharding.make_mesh((1, 2, 4))  # FSDP on D, tensor on heads / FFN columns
+  shardings = sharding.logical_shardings(jax.eval_shape(init)["params"], mesh,
+                                         sharding.DEFAULT_RULES)
+  placed = llama.split_layers(jax.device_put(p, shardings))
+  q = placed["model"]["layers"][0]["self_attn"]["q_proj"]
+  laid = llama.decode_layout(placed, block_columns=0, fuse=True, free=True)
+  layer = laid["model"]["layers"][0]
+  assert q.is_deleted()
+  assert tuple(layer["self_attn"]["qkv_proj"].sharding.spec) == ("fsdp", None, "tensor", None)
+  assert tuple(layer["mlp"]["gate_up_proj"].sharding.spec)[:3] == ("fsdp", None, "tensor")
+  np.testing.assert_array_equal(np.asarray(layer["self_attn"]["qkv_proj"]),
+                                np.asarray(fused["model"]["layers"][0]["self_attn"]["qkv_proj"]))

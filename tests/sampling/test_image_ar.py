@@ -11,6 +11,7 @@ from janus_jax.data import examples
 from janus_jax.data import mixture
 from janus_jax.data import packing
 from janus_jax.data import synthetic
+from janus_jax.models import llama
 from janus_jax.parity import sampling_cases
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
@@ -56,16 +57,20 @@ def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
 
 
-def test_decoding_in_segments_or_on_kernel_blocks_equals_one_plain_loop(janus_fixture):
+def test_decoding_in_segments_on_kernel_blocks_or_fused_kernels_equals_one_plain_loop(
+    janus_fixture):
   _, model, params = janus_fixture
   b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
-  run = lambda **kw: image_ar.sample_codes(  # noqa: E731
-      model, params, b.tokens, b.mask, b.positions, jax.random.key(3), jnp.float32(5.0),
+  run = lambda p=params, **kw: image_ar.sample_codes(  # noqa: E731
+      model, p, b.tokens, b.mask, b.positions, jax.random.key(3), jnp.float32(5.0),
       sampler=samplers.Sampling(temperature=1.0, top_k=50), num_tokens=P, return_logits=True,
       **kw)
   want_codes, want_logits = run(segments=1, block_columns=0)
-  # Five stages over a growing cache; column blocks of the 64-wide LLM and the 256-code head.
-  for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40)):
+  # Five stages over a growing cache; column blocks of the 64-wide LLM and the 256-code head;
+  # q/k/v and gate/up stacked (the GPU layout, laid out beforehand as sample.py does).
+  fused = llama.decode_layout(params, block_columns=0, fuse=True)
+  for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40),
+             dict(p=fused, segments=1, block_columns=0)):
     codes, logits = run(**kw)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from janus_jax.models import llama
 from janus_jax.parity import sampling_cases
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
@@ -68,12 +69,14 @@ def test_batch_with_one_and_two_images_equals_each_alone(janus_fixture):
   assert not np.allclose(logits[0], logits[1], atol=1e-2)  # the rows really differ
 
 
-def test_kernels_in_column_blocks_give_the_same_tokens(janus_fixture):
+def test_kernels_in_column_blocks_or_fused_give_the_same_tokens(janus_fixture):
   _, model, params = janus_fixture
   want_tokens, _, want_logits = run(model, params, CONVS, block_columns=0)
-  tokens, _, logits = run(model, params, CONVS, block_columns=40)  # 512-token vocabulary
-  np.testing.assert_array_equal(tokens, want_tokens)
-  np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
+  fused = llama.decode_layout(params, block_columns=0, fuse=True)  # the GPU layout
+  for p, columns in ((params, 40), (fused, 0)):  # 40: blocks of the 512-token vocabulary
+    tokens, _, logits = run(model, p, CONVS, block_columns=columns)
+    np.testing.assert_array_equal(tokens, want_tokens)
+    np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
 
 
 def test_eos_stops_one_row_while_others_continue(janus_fixture):
