@@ -1,0 +1,42 @@
+"""The GPU decode-step probe (bench/decode_step_probe.py) computes what it claims to time.
+
+Its Pallas variant must attend over exactly the valid slots (from each row's left-padding start
+to the current slot) as the einsum attention does with its mask; run here in Pallas's
+interpreter. Each variant's timing loop runs at tiny shapes.
+"""
+
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("jax.experimental.pallas.ops.gpu.decode_attention")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+import decode_step_probe as probe  # noqa: E402
+
+
+def test_pallas_attention_reads_the_valid_slots_as_the_masked_einsum():
+  rows, heads, cap, dim = 3, 2, 64, 16
+  k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+  q = jax.random.normal(k1, (rows, 1, heads, dim))
+  ck = jax.random.normal(k2, (rows, heads, cap, dim))
+  cv = jax.random.normal(k3, (rows, heads, cap, dim))
+  start = jnp.array([0, 3, 5], jnp.int32)
+  length = jnp.full((rows,), 40, jnp.int32)  # slots 0..39 written
+  slots = jnp.arange(cap)[None]
+  valid = (slots >= start[:, None]) & (slots < length[:, None])
+  want = probe.attend_einsum(q, ck, cv, valid)
+  got = probe.attend_pallas(q, ck, cv, start, length, k_splits=4, block_k=16, interpret=True)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+  other = probe.attend_einsum(q, ck, cv, slots < length[:, None])  # padding not masked
+  assert not np.allclose(np.asarray(other), np.asarray(want), atol=1e-3)
+
+
+@pytest.mark.parametrize("variant", ["base", "fused+pallas"])
+def test_variants_run(variant, capsys):
+  probe.main(["--tiny", "--dtype", "float32", "--variant", variant, "--capacity", "64",
+              "--index", "30", "--steps", "2", "--k_splits", "4", "--block_k", "16"])
+  assert f"variant={variant} layers=2" in capsys.readouterr().out
