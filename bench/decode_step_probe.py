@@ -33,7 +33,7 @@ def make_weights(s, fused, dtype, key):
   d, n, h, f = s["d"], s["heads"], s["hd"], s["ff"]
   out = []
   for i in range(s["layers"]):
-    ks = jax.random.split(jax.random.fold_in(key, i), 6)
+    ks = jax.random.split(jax.random.fold_in(key, i), 7)
     nrm = lambda k, shape: (0.02 * jax.random.normal(k, shape, jnp.float32)).astype(dtype)  # noqa
     w = dict(o=nrm(ks[3], (n, h, d)), down=nrm(ks[5], (f, d)),
              ln1=jnp.ones((d,), dtype), ln2=jnp.ones((d,), dtype))
@@ -42,7 +42,7 @@ def make_weights(s, fused, dtype, key):
       w["gu"] = nrm(ks[4], (d, 2, f))
     else:
       w.update(q=nrm(ks[0], (d, n, h)), k=nrm(ks[1], (d, n, h)), v=nrm(ks[2], (d, n, h)),
-               gate=nrm(ks[4], (d, f)), up=nrm(ks[4], (d, f)))
+               gate=nrm(ks[4], (d, f)), up=nrm(ks[6], (d, f)))
     out.append(w)
   return out
 

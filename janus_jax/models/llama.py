@@ -6,7 +6,8 @@ K key/value heads, G = N // K query heads per KV head, H head dim, F FFN width, 
 Parameter paths mirror the checkpoint (`language_model.model.layers.N.self_attn.q_proj.weight`
 -> `model/layers/self_attn/q_proj/kernel`), except that the L decoder layers are one `nn.scan`
 with a leading `layers` axis, and projection kernels keep their head axes: q (D, N, H),
-k/v (D, K, H), o (N, H, D).
+k/v (D, K, H), o (N, H, D). Laid out for decoding off the CPU (`decode_layout`), a split layer
+holds `self_attn/qkv_proj` (D, 3, N, H) and `mlp/gate_up_proj` (D, 2, F) instead.
 
 Positions are always supplied by the caller (plain `0..T-1`, a cache offset, or
 `cumsum(mask) - 1` for left-padded prompts, as HF `generate` does). Masking is by *slot*: query
@@ -301,8 +302,9 @@ class Mlp(nn.Module):
     c = self.config
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
     if self.has_variable("params", "gate_up_proj"):  # stacked by `fuse_projections`
-      w = self.get_variable("params", "gate_up_proj").astype(self.dtype)
-      gate, up = jnp.einsum("BTD,DCF->CBTF", x.astype(self.dtype), w)
+      w = self.param("gate_up_proj", nn.initializers.zeros_init(),  # shape-checked, never made
+                     (x.shape[-1], 2, c.intermediate_size), self.param_dtype)
+      gate, up = jnp.einsum("BTD,DCF->CBTF", x.astype(self.dtype), w.astype(self.dtype))
     else:
       gate = layers.dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
       up = layers.dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
@@ -459,8 +461,8 @@ def fuse_projections(params, free: bool = False):
   In every decoder whose layers are split (`split_layers`), a layer's `self_attn` q/k/v kernels
   (D, N, H) become one `qkv_proj` (D, 3, N, H) when all three have N heads (every Janus model;
   grouped-query layers keep theirs), and its `mlp` gate/up kernels (D, F) one `gate_up_proj`
-  (D, 2, F). `Attention` and `Mlp` then run one product where they ran three and two: on a GPU
-  the 7B decode step takes 4.6% less time (bench/README.md, session 17). The stacking axis is
+  (D, 2, F). `Attention` and `Mlp` then run one product where they ran three and two: on an
+  H200 the 7B decode step took 4.6% less time (bench/README.md, session 17). The stacking axis is
   new, so a kernel sharded over heads or FFN columns stays sharded the same way, and each
   output is the same dot product as before (equal up to the rounding of the kernel XLA picks
   for the larger product). Kernels in column `Blocks` and layers already fused stay as they
@@ -495,6 +497,13 @@ def _whole(w) -> bool:
   return isinstance(w, (jax.Array, np.ndarray))
 
 
+@functools.lru_cache(maxsize=None)
+def _stack_into(sharding: jax.sharding.NamedSharding):
+  """A jitted stack along axis 1 with its output placed by `sharding` (one per sharding, so
+  every layer of a model reuses one compiled program per kernel shape)."""
+  return jax.jit(lambda kernels: jnp.stack(kernels, axis=1), out_shardings=sharding)
+
+
 def _stack(kernels, free: bool):
   """`kernels` stacked along a new axis 1; placed kernels keep their sharding on every other."""
   sharding = getattr(kernels[0], "sharding", None)
@@ -503,7 +512,7 @@ def _stack(kernels, free: bool):
     spec = tuple(sharding.spec) + (None,) * (kernels[0].ndim - len(sharding.spec))
     out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
         spec[0], None, *spec[1:]))
-    stacked = jax.jit(lambda ks: jnp.stack(ks, axis=1), out_shardings=out)(list(kernels))
+    stacked = _stack_into(out)(list(kernels))
   else:
     stacked = jnp.stack(kernels, axis=1)
   if free and not isinstance(stacked, jax.core.Tracer):
@@ -529,8 +538,10 @@ def decode_layout(params, block_columns: int | None = None, take=None, free: boo
   on_cpu = jax.default_backend() == "cpu"
   if block_columns is None:
     block_columns = CPU_BLOCK_COLUMNS if on_cpu else 0
+  if fuse is None:
+    fuse = not on_cpu
   params = split_layers(params, take)
-  if not on_cpu if fuse is None else fuse:
+  if fuse:
     params = fuse_projections(params, free)
   return layers.block_kernels(params, block_columns, free)
 

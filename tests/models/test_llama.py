@@ -148,17 +148,18 @@ def test_unsupported_configs_are_refused():
 def test_kernels_in_column_blocks_give_the_same_outputs(model_params):
   m, p = model_params
   split = llama.split_layers(p)
-  laid = llama.decode_layout(p, block_columns=24)  # 24 of 64 columns: whole heads per block
+  laid = llama.decode_layout(p, block_columns=24, fuse=False)  # 24 of 64: whole heads a block
   attn, mlp = laid["model"]["layers"][0]["self_attn"], laid["model"]["layers"][0]["mlp"]
   assert [len(attn[n].parts) for n in ("q_proj", "k_proj", "o_proj")] == [3, 2, 3]
   assert [b.shape[1] for b in attn["q_proj"].parts] == [2, 1, 1]
   assert attn["q_proj"].shape == split["model"]["layers"][0]["self_attn"]["q_proj"].shape
   assert len(mlp["gate_proj"]["kernel"].parts) == 6 and len(laid["lm_head"]["kernel"].parts) == 22
-  again = llama.decode_layout(laid, block_columns=24)  # idempotent
+  again = llama.decode_layout(laid, block_columns=24, fuse=False)  # idempotent
   assert again["lm_head"]["kernel"] is laid["lm_head"]["kernel"]
-  assert llama.decode_layout(p, block_columns=0)["lm_head"]["kernel"] is p["lm_head"]["kernel"]
+  whole = llama.decode_layout(p, block_columns=0, fuse=False)
+  assert whole["lm_head"]["kernel"] is p["lm_head"]["kernel"]
   with pytest.raises(ValueError, match="block columns must be >= 0"):
-    llama.decode_layout(p, block_columns=-1)
+    llama.decode_layout(p, block_columns=-1, fuse=False)
   ids, mask, pos = _inputs(t=8)
   emb = m.apply({"params": p}, jnp.asarray(ids), method=m.embed)
   for cache in (None, llama.init_cache(CFG, 2, 10)):
@@ -177,7 +178,7 @@ def test_kernels_in_column_blocks_give_the_same_outputs(model_params):
 
 def test_kernel_blocks_of_the_wrong_shape_are_refused_and_free_deletes(model_params):
   m, p = model_params
-  laid = llama.decode_layout(p, block_columns=24)
+  laid = llama.decode_layout(p, block_columns=24, fuse=False)
   layer = laid["model"]["layers"][0]["self_attn"]
   layer["q_proj"] = layers.Blocks(layer["q_proj"].parts[:2], axis=1)  # a head short
   emb = jnp.zeros((1, 3, CFG.hidden_size))
@@ -238,3 +239,7 @@ def test_fused_projections_give_the_same_outputs(model_params):
   assert tuple(layer["mlp"]["gate_up_proj"].sharding.spec)[:3] == ("fsdp", None, "tensor")
   np.testing.assert_array_equal(np.asarray(layer["self_attn"]["qkv_proj"]),
                                 np.asarray(fused["model"]["layers"][0]["self_attn"]["qkv_proj"]))
+  bad = jax.tree.map(lambda a: a, fused)
+  bad["model"]["layers"][0]["mlp"]["gate_up_proj"] = layer["mlp"]["gate_up_proj"][:, :, :64]
+  with pytest.raises(Exception, match="gate_up_proj"):
+    m.apply({"params": bad}, emb, jnp.asarray(pos))
