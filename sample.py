@@ -40,6 +40,7 @@ from janus_jax.data import preprocess
 from janus_jax.data import tokenizer as tokenizer_lib
 from janus_jax.models import janus
 from janus_jax.models import janusflow
+from janus_jax.models import layers
 from janus_jax.models import llama
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
@@ -124,8 +125,8 @@ def _layer_slices(a):
 
 
 def _slices_freeing_stacked(a):
-  slices = jax.block_until_ready(_layer_slices(a))
-  a.delete()
+  slices = _layer_slices(a)
+  layers.free_replaced([a], slices)
   return slices
 
 

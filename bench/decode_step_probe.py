@@ -13,6 +13,7 @@ the valid slots. XLA flags (e.g. cuBLAS instead of Triton GEMMs) come from the e
 import argparse
 import functools
 import os
+import sys
 import time
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -20,7 +21,11 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-MASK = -0.7 * float(jnp.finfo(jnp.float32).max)
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from janus_jax.models import llama  # noqa: E402
+
+MASK = llama._MASK_VALUE  # the decoder's own masked-logit value  # noqa: SLF001
 
 
 def shapes(tiny: bool):
@@ -53,16 +58,6 @@ def rms(x, w):
   return w * x32.astype(x.dtype)
 
 
-def rope(x, pos):
-  h = x.shape[-1]
-  inv = 1.0 / (10000.0 ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
-  f = pos.astype(jnp.float32)[..., None] * inv
-  e = jnp.concatenate([f, f], -1)[:, :, None, :]
-  x1, x2 = jnp.split(x, 2, -1)
-  return x * jnp.cos(e).astype(x.dtype) + jnp.concatenate([-x2, x1], -1) * jnp.sin(e).astype(
-      x.dtype)
-
-
 def attend_einsum(q, ck, cv, valid):
   """q (B, 1, N, H), cache (B, N, S, H), valid (B, S) -> (B, 1, N, H)."""
   logits = jnp.einsum("BTNH,BNSH->BNTS", q, ck, preferred_element_type=jnp.float32)
@@ -88,7 +83,7 @@ def layer(x, w, ck, cv, index, pos, valid, start, attn):
     q, k, v = qkv[0], qkv[1], qkv[2]
   else:
     q, k, v = (jnp.einsum("BTD,DNH->BTNH", h, w[n]) for n in "qkv")
-  q, k = rope(q, pos), rope(k, pos)
+  q, k = llama.rope(q, pos, 10000.0), llama.rope(k, pos, 10000.0)
   ck = jax.lax.dynamic_update_slice_in_dim(ck, k.transpose(0, 2, 1, 3), index, 2)
   cv = jax.lax.dynamic_update_slice_in_dim(cv, v.transpose(0, 2, 1, 3), index, 2)
   o = attn(q, ck, cv, valid, start, index + 1)
@@ -133,7 +128,8 @@ def timeit(fn, repeats):
 
 def main(argv=None):
   p = argparse.ArgumentParser()
-  p.add_argument("--variant", default="base", help="base | fused | base+pallas | fused+pallas")
+  p.add_argument("--variant", default="base",
+                 choices=("base", "fused", "base+pallas", "fused+pallas"))
   p.add_argument("--capacity", type=int, default=344, help="cache slots (einsum reads all)")
   p.add_argument("--index", type=int, default=308, help="slot of the first timed step")
   p.add_argument("--steps", type=int, default=16)

@@ -40,3 +40,9 @@ def test_variants_run(variant, capsys):
   probe.main(["--tiny", "--dtype", "float32", "--variant", variant, "--capacity", "64",
               "--index", "30", "--steps", "2", "--k_splits", "4", "--block_k", "16"])
   assert f"variant={variant} layers=2" in capsys.readouterr().out
+
+
+def test_an_unknown_variant_is_refused_by_name(capsys):
+  with pytest.raises(SystemExit):
+    probe.main(["--tiny", "--variant", "fsued"])
+  assert "--variant" in capsys.readouterr().err

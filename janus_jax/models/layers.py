@@ -156,15 +156,27 @@ def block_kernels(params, columns: int, free: bool = False):
   if columns == 0:
     return params
   if isinstance(params, Mapping):
-    return {k: (_cut(v, *_CUT_AXIS[k], columns, free) if k in _CUT_AXIS and _is_array(v)
+    return {k: (_cut(v, *_CUT_AXIS[k], columns, free) if k in _CUT_AXIS and is_array(v)
                 else block_kernels(v, columns, free)) for k, v in params.items()}
   if isinstance(params, (tuple, list)):
     return type(params)(block_kernels(v, columns, free) for v in params)
   return params
 
 
-def _is_array(x) -> bool:
+def is_array(x) -> bool:
+  """A whole array (device or NumPy), not a `Blocks` or a nested tree."""
   return isinstance(x, (jax.Array, np.ndarray))
+
+
+def free_replaced(originals, replacement) -> None:
+  """Deletes the device arrays in `originals` once `replacement` (a tree made from them) is
+  computed, so a layout change never holds the weights twice; does nothing under a trace."""
+  if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((originals, replacement))):
+    return
+  jax.block_until_ready(replacement)
+  for w in originals:
+    if isinstance(w, jax.Array):
+      w.delete()
 
 
 def _cut(w, rank: int, axis: int, columns: int, free: bool):
@@ -177,9 +189,8 @@ def _cut(w, rank: int, axis: int, columns: int, free: bool):
   base, extra = divmod(w.shape[axis], n)
   bounds = np.cumsum([0] + [base + (i < extra) for i in range(n)])
   parts = [jax.lax.slice_in_dim(w, int(a), int(b), axis=axis) for a, b in zip(bounds, bounds[1:])]
-  if free and isinstance(w, jax.Array) and not isinstance(w, jax.core.Tracer):
-    jax.block_until_ready(parts)
-    w.delete()
+  if free:
+    free_replaced([w], parts)
   return Blocks(parts, axis)
 
 

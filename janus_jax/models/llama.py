@@ -28,7 +28,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from janus_jax.models import layers
 
@@ -481,20 +480,15 @@ def _fuse_layer(layer, free: bool):
   out = dict(layer)
   attn, mlp = dict(layer["self_attn"]), dict(layer["mlp"])
   qkv = [attn.get(n) for n in ("q_proj", "k_proj", "v_proj")]
-  if all(_whole(w) for w in qkv) and qkv[0].shape == qkv[1].shape == qkv[2].shape:
+  if all(layers.is_array(w) for w in qkv) and qkv[0].shape == qkv[1].shape == qkv[2].shape:
     for n in ("q_proj", "k_proj", "v_proj"):
       del attn[n]
     out["self_attn"] = {**attn, "qkv_proj": _stack(qkv, free)}
   gate_up = [mlp[n]["kernel"] for n in ("gate_proj", "up_proj") if n in mlp]
-  if len(gate_up) == 2 and all(_whole(w) for w in gate_up):
+  if len(gate_up) == 2 and all(layers.is_array(w) for w in gate_up):
     del mlp["gate_proj"], mlp["up_proj"]
     out["mlp"] = {**mlp, "gate_up_proj": _stack(gate_up, free)}
   return out
-
-
-def _whole(w) -> bool:
-  """A kernel held whole (not cut into column `Blocks`)."""
-  return isinstance(w, (jax.Array, np.ndarray))
 
 
 @functools.lru_cache(maxsize=None)
@@ -515,11 +509,8 @@ def _stack(kernels, free: bool):
     stacked = _stack_into(out)(list(kernels))
   else:
     stacked = jnp.stack(kernels, axis=1)
-  if free and not isinstance(stacked, jax.core.Tracer):
-    jax.block_until_ready(stacked)
-    for w in kernels:
-      if isinstance(w, jax.Array):
-        w.delete()
+  if free:
+    layers.free_replaced(kernels, stacked)
   return stacked
 
 
