@@ -140,6 +140,17 @@ def main(argv=None):
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--layers", type=int, default=0, help="decoder layers (0: the shape's)")
   args = p.parse_args(argv)
+  for name, value, low in (("--steps", args.steps, 1), ("--index", args.index, 0),
+                           ("--capacity", args.capacity, 1), ("--layers", args.layers, 0),
+                           ("--k_splits", args.k_splits, 1), ("--block_k", args.block_k, 1)):
+    if value < low:
+      p.error(f"{name} must be >= {low}, got {value}")
+  # A write past the cache would be clamped onto its last slot, timing a different step; the
+  # sweep attends up to slot --index.
+  last = args.index if args.attention_sweep else args.index + args.steps - 1
+  if last >= args.capacity:
+    reach = "" if args.attention_sweep else f" with --steps {args.steps}"
+    p.error(f"--index {args.index}{reach} reaches slot {last}, past --capacity {args.capacity}")
   s = shapes(args.tiny)
   s["layers"] = args.layers or s["layers"]
   dtype = jnp.dtype(args.dtype)

@@ -46,3 +46,14 @@ def test_an_unknown_variant_is_refused_by_name(capsys):
   with pytest.raises(SystemExit):
     probe.main(["--tiny", "--variant", "fsued"])
   assert "--variant" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--index", "60", "--steps", "8"], "--capacity"),  # writes past the 64-slot cache
+    (["--steps", "0"], "--steps"),
+    (["--layers", "-1"], "--layers"),
+])
+def test_steps_outside_the_cache_and_bad_counts_are_refused_by_name(flags, named, capsys):
+  with pytest.raises(SystemExit):
+    probe.main(["--tiny", "--capacity", "64", *flags])
+  assert named in capsys.readouterr().err
