@@ -67,6 +67,8 @@ def attend_einsum(q, ck, cv, valid):
 
 
 def attend_pallas(q, ck, cv, start, length, k_splits, block_k, interpret):
+  """q (B, 1, N, H), cache (B, N, S, H), start / length (B,): each row attends over its slots
+  start..length-1 only, one (row, head) pair per Pallas query. -> (B, 1, N, H)."""
   from jax.experimental.pallas.ops.gpu import decode_attention as da
   b, _, n, h = q.shape
   s = ck.shape[2]
