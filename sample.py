@@ -111,8 +111,9 @@ def load_model(path: pathlib.Path, cfg, mesh, rules_):
     _, params = driver.load_converted(path, shardings, dtype=dtype)
   else:
     params = _convert_in_memory(ckpt, fam, config, shardings, dtype)
-  # Decoding runs the LLM layer by layer on split weights, on CPU with kernels in column blocks,
-  # elsewhere with q/k/v and gate/up stacked (llama.decode_layout); lay them out once here,
+  # Decoding runs the LLM layer by layer on split weights, on CPU with kernels packed for the
+  # CPU decode product (column blocks when sharded over several devices), elsewhere with q/k/v
+  # and gate/up stacked (llama.decode_layout); lay them out once here,
   # freeing each original array as soon as its pieces exist, so no device ever holds the
   # weights twice (the samplers would otherwise lay out a copy inside every call).
   params = llama.decode_layout(params, take=_slices_freeing_stacked, free=True)

@@ -385,8 +385,8 @@ def main(argv=None):
   n, p = args.images, args.tokens
   reference = torch_reference(config, params, dtype, device)
   # Lay the weights out for decoding once, as sample.py does at load (the sampler would lay out
-  # a copy): layers split and, on CPU, kernels in column blocks, elsewhere q/k/v and gate/up
-  # stacked (llama.decode_layout).
+  # a copy): layers split and, on CPU, kernels packed for the CPU decode product
+  # (`cpu_kernels`), elsewhere q/k/v and gate/up stacked (llama.decode_layout).
   params = llama.decode_layout(params)
 
   # Correctness first: both pick the same greedy codes.

@@ -10,6 +10,7 @@ Logical parameter axes used across the package:
 """
 
 from collections.abc import Mapping
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -41,7 +42,7 @@ def dense(features, axes=(None, None), *, use_bias=True, dtype=jnp.float32,
 
 class Dense(nn.Module):
   """`nn.Dense`'s computation (inputs, kernel and bias cast to `dtype`, then x @ kernel + bias),
-  also on a kernel stored as column `Blocks`."""
+  also on a kernel stored as column `Blocks` or packed `Panels`."""
 
   features: int
   use_bias: bool = True
@@ -60,7 +61,10 @@ class Dense(nn.Module):
     if isinstance(kernel, Blocks) and kernel.axis != 1:
       raise ValueError(f"{self.path}/kernel: blocks along axis {kernel.axis}; a dense "
                        "kernel is cut along its output axis 1")
-    y = blockwise(lambda k: jax.lax.dot_general(x, k, dims), kernel, -1)
+    if isinstance(kernel, Panels):
+      y = kernel.product(x)
+    else:
+      y = blockwise(lambda k: jax.lax.dot_general(x, k, dims), kernel, -1)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
       y = y + bias.astype(self.dtype)
@@ -103,22 +107,35 @@ class Blocks:
 
 
 def param(module: nn.Module, name: str, init, shape, dtype):
-  """`module.param(name, init, shape, dtype)`, or the `Blocks` stored under `name` instead."""
+  """`module.param(name, init, shape, dtype)`, or the `Blocks` / `Panels` stored under `name`
+  instead."""
   if module.has_variable("params", name):
     stored = module.get_variable("params", name)
-    if isinstance(stored, Blocks):
+    if isinstance(stored, (Blocks, Panels)):
       if stored.shape != tuple(shape):
-        raise ValueError(f"{module.path}/{name}: blocks of a {stored.shape} weight where "
-                         f"{tuple(shape)} is expected")
+        raise ValueError(f"{module.path}/{name}: {type(stored).__name__.lower()} of a "
+                         f"{stored.shape} weight where {tuple(shape)} is expected")
       return stored
   return module.param(name, init, shape, dtype)
 
 
 def einsum(spec: str, x: jax.Array, w, **kw) -> jax.Array:
-  """`jnp.einsum(spec, x, w)`; for `Blocks`, one product per block, joined along the output.
+  """`jnp.einsum(spec, x, w)`; for `Blocks`, one product per block, joined along the output;
+  for `Panels`, `Panels.product` between transposes.
 
   `spec` names every axis explicitly (no ellipsis).
   """
+  if isinstance(w, Panels):
+    inputs, out = spec.split("->")
+    xs, ws = inputs.split(",")
+    ins, outs = ws[:w.in_rank], ws[w.in_rank:]
+    rows = [a for a in xs if a not in ins]
+    if sorted(rows + list(outs)) != sorted(out) or sorted(set(xs) - set(rows)) != sorted(ins):
+      raise ValueError(f"einsum {spec!r}: a {w!r} weight contracts exactly its first "
+                       f"{w.in_rank} axes, which must be the input's only contracted ones")
+    x = x.transpose([xs.index(a) for a in rows + list(ins)])
+    y = w.product(x)  # axes rows + outs
+    return y.transpose([(rows + list(outs)).index(a) for a in out])
   out_axis = None
   if isinstance(w, Blocks):
     inputs, out = spec.split("->")
@@ -131,6 +148,82 @@ def blockwise(product, w, out_axis):
   if not isinstance(w, Blocks):
     return product(w)
   return jnp.concatenate([product(p) for p in w.parts], axis=out_axis)
+
+
+# At most this many rows go through the CPU panel product; more (a prefill) run as an XLA
+# product on the panels, which is compute-bound there and no longer reads weights per row.
+PANEL_MAX_ROWS = 64
+
+
+@jax.tree_util.register_pytree_node_class
+class Panels:
+  """A weight packed for the CPU decode product (`cpu_kernels.panel_matmul`; see
+  `panel_kernels`).
+
+  The weight of `shape` has `in_rank` leading (contracted) axes and output axes after them;
+  flattened to (K, N), its columns are stored as `data`, (P, K, C): P contiguous panels of C
+  columns, the last zero-padded.
+  """
+
+  def __init__(self, data, shape, in_rank: int):
+    self.data, self.shape, self.in_rank = data, tuple(shape), in_rank
+
+  def tree_flatten(self):
+    return (self.data,), (self.shape, self.in_rank)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(children[0], *aux)
+
+  @property
+  def dtype(self):
+    return self.data.dtype
+
+  def astype(self, dtype) -> "Panels":
+    return self if dtype == self.data.dtype else Panels(self.data.astype(dtype), self.shape,
+                                                        self.in_rank)
+
+  def __repr__(self):
+    return f"Panels(shape={self.shape}, in_rank={self.in_rank}, data={self.data.shape})"
+
+  @classmethod
+  def pack(cls, w, in_rank: int, columns: int) -> "Panels":
+    """`w` packed in panels of `columns` output columns."""
+    return cls(_pack(w, in_rank, columns), w.shape, in_rank)
+
+  def unpack(self) -> jax.Array:
+    """The weight as one array of `shape` again."""
+    k, n = self._sizes()
+    return self.data.transpose(1, 0, 2).reshape(k, -1)[:, :n].reshape(self.shape)
+
+  def _sizes(self) -> tuple[int, int]:
+    return (int(np.prod(self.shape[:self.in_rank])), int(np.prod(self.shape[self.in_rank:])))
+
+  def product(self, x: jax.Array) -> jax.Array:
+    """x (..., *shape[:in_rank]) times the weight -> (..., *shape[in_rank:]):
+    `cpu_kernels.panel_matmul` for up to `PANEL_MAX_ROWS` float32 rows on the CPU, else an XLA
+    product over the panels (in the dtype x and the data promote to)."""
+    from janus_jax.models import cpu_kernels  # noqa: PLC0415  (builds the kernel on first use)
+    k, n = self._sizes()
+    if x.shape[x.ndim - self.in_rank:] != self.shape[:self.in_rank]:
+      raise ValueError(f"{self!r}: cannot multiply input of shape {x.shape}")
+    lead = x.shape[:x.ndim - self.in_rank]
+    x = x.reshape(-1, k)
+    if (x.shape[0] <= PANEL_MAX_ROWS and x.dtype == self.data.dtype == jnp.float32
+        and jax.default_backend() == "cpu" and cpu_kernels.available()
+        and cpu_kernels.panel_columns() == self.data.shape[-1]):
+      y = cpu_kernels.panel_matmul(x, self.data, n)
+    else:
+      y = jnp.einsum("MK,PKC->MPC", x, self.data).reshape(x.shape[0], -1)[:, :n]
+    return y.reshape(lead + self.shape[self.in_rank:])
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _pack(w, in_rank: int, columns: int):
+  k, n = int(np.prod(w.shape[:in_rank])), int(np.prod(w.shape[in_rank:]))
+  p = -(-n // columns)
+  flat = jnp.pad(w.reshape(k, n), ((0, 0), (0, p * columns - n)))
+  return flat.reshape(k, p, columns).transpose(1, 0, 2)
 
 
 # Projection kernels by parameter name: (rank, the output axis to cut). Dense kernels are
@@ -161,6 +254,38 @@ def block_kernels(params, columns: int, free: bool = False):
   if isinstance(params, (tuple, list)):
     return type(params)(block_kernels(v, columns, free) for v in params)
   return params
+
+
+def panel_kernels(params, columns: int, free: bool = False):
+  """`params` with every float32 projection kernel (as `block_kernels` picks them) packed in
+  `Panels` of `columns` output columns, for the CPU decode product (`cpu_kernels`).
+
+  Kernels placed across several devices stay whole (the product runs on one device's rows), as
+  do other dtypes and kernels already packed or cut. `free` deletes each original array once
+  packed (outside `jit`).
+  """
+  if isinstance(params, Mapping):
+    out = {}
+    for k, v in params.items():
+      if k in _CUT_AXIS and _packable(v, _CUT_AXIS[k][0]):
+        out[k] = Panels.pack(v, _CUT_AXIS[k][1], columns)
+        if free:
+          free_replaced([v], out[k].data)
+      else:
+        out[k] = panel_kernels(v, columns, free)
+    return out
+  if isinstance(params, (tuple, list)):
+    return type(params)(panel_kernels(v, columns, free) for v in params)
+  return params
+
+
+def _packable(w, rank: int) -> bool:
+  if not is_array(w) or w.ndim != rank or w.dtype != jnp.float32:
+    return False
+  if isinstance(w, jax.core.Tracer):
+    return True
+  sharding = getattr(w, "sharding", None)
+  return sharding is None or len(sharding.device_set) == 1
 
 
 def is_array(x) -> bool:

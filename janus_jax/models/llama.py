@@ -15,7 +15,8 @@ slot i may see key slot j <= i whose token is valid and, when segment ids are gi
 segment. The KV cache is an explicit pytree with a fixed capacity (one buffer pair per layer);
 every row writes the same slots, which left padding makes possible. Training runs the layers as
 the `nn.scan`; cached decoding runs them one by one, best on parameters split per layer and, on
-CPU, with kernels in column blocks, elsewhere with q/k/v and gate/up stacked (`decode_layout`),
+CPU, with kernels packed for the CPU decode product (`layers.Panels`, `cpu_kernels`; column
+blocks where it cannot be built), elsewhere with q/k/v and gate/up stacked (`decode_layout`),
 and grows its cache in stages (`segment_capacities`, `grow_cache`).
 """
 
@@ -29,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from janus_jax.models import cpu_kernels
 from janus_jax.models import layers
 
 Dtype = Any
@@ -515,18 +517,26 @@ def _stack(kernels, free: bool):
 
 
 def decode_layout(params, block_columns: int | None = None, take=None, free: bool = False,
-                  fuse: bool | None = None):
-  """`params` laid out for decoding: layers split (`split_layers`), then on CPU kernels in
-  column blocks (`layers.block_kernels`), elsewhere q/k/v and gate/up stacked
-  (`fuse_projections`).
+                  fuse: bool | None = None, panels: bool | None = None):
+  """`params` laid out for decoding: layers split (`split_layers`), then on CPU kernels packed
+  for the CPU decode product (`layers.panel_kernels`) or in column blocks
+  (`layers.block_kernels`), elsewhere q/k/v and gate/up stacked (`fuse_projections`).
 
-  `block_columns` None: `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no
-  blocks: GPU and TPU products read row-major kernels at full speed). `fuse` None: when the
-  default backend is not the CPU (there the blocks already make each product stream, and the
-  stacked kernels would not be cut). Idempotent. `take` is `split_layers`'s; `free` deletes each
-  original kernel once cut or stacked.
+  `panels` None: when the default backend is the CPU, `block_columns` is None and the CPU
+  product builds (`cpu_kernels.available`); True requires it. Kernels that cannot be packed
+  (placed across devices, not float32) are then cut into blocks. `block_columns` None:
+  `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no blocks: GPU and TPU
+  products read row-major kernels at full speed). `fuse` None: when the default backend is not
+  the CPU (there the panels or blocks already make each product stream, and stacked kernels
+  would be neither packed nor cut). Idempotent. `take` is `split_layers`'s; `free` deletes each
+  original kernel once packed, cut or stacked.
   """
   on_cpu = jax.default_backend() == "cpu"
+  if panels is None:
+    panels = on_cpu and block_columns is None and cpu_kernels.available()
+  elif panels and not cpu_kernels.available():
+    raise RuntimeError("decode_layout(panels=True): the CPU panel product is unavailable: "
+                       + cpu_kernels.unavailable_reason())
   if block_columns is None:
     block_columns = CPU_BLOCK_COLUMNS if on_cpu else 0
   if fuse is None:
@@ -534,6 +544,8 @@ def decode_layout(params, block_columns: int | None = None, take=None, free: boo
   params = split_layers(params, take)
   if fuse:
     params = fuse_projections(params, free)
+  if panels:
+    params = layers.panel_kernels(params, cpu_kernels.panel_columns(), free)
   return layers.block_kernels(params, block_columns, free)
 
 

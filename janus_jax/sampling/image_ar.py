@@ -203,9 +203,10 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     return_logits: also return the per-step (guided) logits.
     segments: the steps run as this many loops over a growing cache
       (`llama.segment_capacities`): more read less of the cache per step and compile longer.
-    block_columns: kernel block width for the decode loop (`llama.decode_layout`, which off
-      the CPU also stacks q/k/v and gate/up kernels; None: by backend). Parameters already
-      laid out (as `sample.py` does at load) are used as given.
+    block_columns: kernel block width for the decode loop (`llama.decode_layout`; None: by
+      backend, which on the CPU packs kernels for the CPU decode product and elsewhere stacks
+      q/k/v and gate/up). Parameters already laid out (as `sample.py` does at load) are used
+      as given.
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """

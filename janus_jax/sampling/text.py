@@ -115,8 +115,9 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     return_logits: also return each step's logits (B, N, V) float32.
     segments: the steps run as up to this many loops over a growing cache
       (`llama.segment_capacities`).
-    block_columns: kernel block width for decoding (`llama.decode_layout`, which off the CPU
-      also stacks q/k/v and gate/up kernels; None: by backend).
+    block_columns: kernel block width for decoding (`llama.decode_layout`; None: by backend,
+      which on the CPU packs kernels for the CPU decode product and elsewhere stacks q/k/v and
+      gate/up).
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """

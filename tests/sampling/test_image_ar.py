@@ -57,7 +57,7 @@ def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
 
 
-def test_decoding_in_segments_on_kernel_blocks_or_fused_kernels_equals_one_plain_loop(
+def test_decoding_in_segments_on_kernel_blocks_panels_or_fused_kernels_equals_one_plain_loop(
     janus_fixture):
   _, model, params = janus_fixture
   b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
@@ -67,10 +67,11 @@ def test_decoding_in_segments_on_kernel_blocks_or_fused_kernels_equals_one_plain
       **kw)
   want_codes, want_logits = run(segments=1, block_columns=0)
   # Five stages over a growing cache; column blocks of the 64-wide LLM and the 256-code head;
-  # q/k/v and gate/up stacked (the GPU layout, laid out beforehand as sample.py does).
+  # q/k/v and gate/up stacked (the GPU layout, laid out beforehand as sample.py does); the CPU
+  # default, kernels packed for the CPU decode product (`cpu_kernels`).
   fused = llama.decode_layout(params, block_columns=0, fuse=True)
   for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40),
-             dict(p=fused, segments=1, block_columns=0)):
+             dict(p=fused, segments=1, block_columns=0), dict(segments=1, block_columns=None)):
     codes, logits = run(**kw)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)

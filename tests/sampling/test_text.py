@@ -69,11 +69,13 @@ def test_batch_with_one_and_two_images_equals_each_alone(janus_fixture):
   assert not np.allclose(logits[0], logits[1], atol=1e-2)  # the rows really differ
 
 
-def test_kernels_in_column_blocks_or_fused_give_the_same_tokens(janus_fixture):
+def test_kernels_in_column_blocks_panels_or_fused_give_the_same_tokens(janus_fixture):
   _, model, params = janus_fixture
   want_tokens, _, want_logits = run(model, params, CONVS, block_columns=0)
   fused = llama.decode_layout(params, block_columns=0, fuse=True)  # the GPU layout
-  for p, columns in ((params, 40), (fused, 0)):  # 40: blocks of the 512-token vocabulary
+  # 40: blocks of the 512-token vocabulary; None: the CPU default, panels (`cpu_kernels`),
+  # through the chat prefill (more rows than the panel product takes) and the decode steps.
+  for p, columns in ((params, 40), (fused, 0), (params, None)):
     tokens, _, logits = run(model, p, CONVS, block_columns=columns)
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)

@@ -1,0 +1,143 @@
+// y = x @ w for a few float32 rows against a weight stored in column panels, on the CPU.
+//
+// A decode step multiplies a handful of rows (two per image with guidance) by every weight of
+// the model, so its products are bound by how fast the weights stream from memory. XLA:CPU's
+// dots pack the weight into panels on every call and run these products at a third of the
+// streaming rate or less (bench/README.md); this kernel reads a weight packed once, at load,
+// as P contiguous panels of K x kColumns (the last panel zero-padded), each exactly once per
+// call, with the outputs of up to kRows rows held in registers. Built on the machine that runs
+// it (-march=native) by janus_jax/models/cpu_kernels.py, which registers it as an XLA FFI
+// target.
+//
+// Arguments: x (M, K), w (P, K, kColumns); result y (M, N) with N <= P * kColumns. Panels are
+// shared out between the calling thread and XLA's intra-op thread pool.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kColumns = 32;  // two 16-lane registers per row
+constexpr int kRows = 8;      // 16 accumulators of 32
+#else
+constexpr int kColumns = 16;  // two 8-lane registers per row (AVX2; others as they vectorise)
+constexpr int kRows = 6;      // 12 accumulators of 16
+#endif
+
+// Rows [0, R) of x times one panel, written to the first `cols` columns of y.
+template <int R>
+inline void Tile(const float* __restrict x, int64_t k_size, const float* __restrict panel,
+                 float* __restrict y, int64_t n, int64_t cols) {
+  float acc[R][kColumns];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < kColumns; ++c) acc[r][c] = 0.f;
+  for (int64_t k = 0; k < k_size; ++k) {
+    const float* w = panel + k * kColumns;
+    for (int r = 0; r < R; ++r) {
+      const float xv = x[r * k_size + k];
+      for (int c = 0; c < kColumns; ++c) acc[r][c] += xv * w[c];
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < cols; ++c) y[r * n + c] = acc[r][c];
+}
+
+// All M rows times panels [p0, p1).
+void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, float* y,
+            int64_t n, int64_t p0, int64_t p1) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const float* panel = w + p * k_size * kColumns;
+    const int64_t cols = std::min<int64_t>(kColumns, n - p * kColumns);
+    int64_t m = 0;
+    for (; m + kRows <= m_size; m += kRows)
+      Tile<kRows>(x + m * k_size, k_size, panel, y + m * n + p * kColumns, n, cols);
+    const float* xr = x + m * k_size;
+    float* yr = y + m * n + p * kColumns;
+    switch (m_size - m) {  // the rows left over, fewer than kRows
+      case 1: Tile<1>(xr, k_size, panel, yr, n, cols); break;
+      case 2: Tile<2>(xr, k_size, panel, yr, n, cols); break;
+      case 3: Tile<3>(xr, k_size, panel, yr, n, cols); break;
+      case 4: Tile<4>(xr, k_size, panel, yr, n, cols); break;
+      case 5: Tile<5>(xr, k_size, panel, yr, n, cols); break;
+#if defined(__AVX512F__)
+      case 6: Tile<6>(xr, k_size, panel, yr, n, cols); break;
+      case 7: Tile<7>(xr, k_size, panel, yr, n, cols); break;
+#endif
+      default: break;
+    }
+  }
+}
+
+// Work shared between the caller and pool threads; held by every task, so a task the pool
+// starts after the product is done finds no panels left and touches nothing freed.
+struct Shared {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t m, k, n, p, chunk;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+
+  void Work() {
+    for (;;) {
+      const int64_t p0 = next.fetch_add(chunk);
+      if (p0 >= p) return;
+      const int64_t p1 = std::min(p, p0 + chunk);
+      Panels(x, m, k, w, y, n, p0, p1);
+      done.fetch_add(p1 - p0, std::memory_order_release);
+    }
+  }
+};
+
+ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  const auto xd = x.dimensions();
+  const auto wd = w.dimensions();
+  const auto yd = y->dimensions();
+  if (xd.size() != 2 || wd.size() != 3 || yd.size() != 2)
+    return ffi::Error::InvalidArgument("panel_matmul: x must be (M, K), w (P, K, C), y (M, N)");
+  const int64_t m = xd[0], k = xd[1], p = wd[0], n = yd[1];
+  if (wd[1] != k || wd[2] != kColumns || yd[0] != m || n > p * kColumns ||
+      n <= (p - 1) * kColumns)
+    return ffi::Error::InvalidArgument(
+        "panel_matmul: shapes do not match (x (M, K), w (P, K, " + std::to_string(kColumns) +
+        "), y (M, N) with N in the last panel)");
+  auto shared = std::make_shared<Shared>();
+  shared->x = x.typed_data();
+  shared->w = w.typed_data();
+  shared->y = y->typed_data();
+  shared->m = m;
+  shared->k = k;
+  shared->n = n;
+  shared->p = p;
+  // At least ~256 KiB of weights per task, so small products stay on the calling thread.
+  const int64_t panel_bytes = k * kColumns * 4;
+  const int64_t min_chunk = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(1, panel_bytes));
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  const int64_t tasks = std::max<int64_t>(1, std::min(threads, p / min_chunk));
+  shared->chunk = std::max<int64_t>(1, (p + 4 * tasks - 1) / (4 * tasks));
+  for (int64_t t = 1; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
+  shared->Work();
+  while (shared->done.load(std::memory_order_acquire) < p) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JanusPanelMatmul, PanelMatmulImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+extern "C" int janus_panel_columns() { return kColumns; }
