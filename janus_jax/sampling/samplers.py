@@ -21,6 +21,22 @@ import jax.numpy as jnp
 _FILTERED = -1e30
 
 
+def argmax(x: jax.Array) -> jax.Array:
+  """`jnp.argmax(x, axis=-1)` as int32: the first maximal index, the first NaN's if a row has one.
+
+  Computed as a max, then a min over indices: two plain reductions. XLA:CPU runs jnp.argmax's
+  (value, index) reduction about 3.5x slower (1.24 against 0.35 ms per draw from 4 x 16384
+  codes, noise included, bench/README.md), a tenth of a CPU decode step.
+  """
+  v = x.shape[-1]
+  iota = jnp.arange(v, dtype=jnp.int32)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  # NaNs rank first (iota - v < 0, in index order), then maxima by index.
+  key = jnp.where(jnp.isnan(x), iota - v, jnp.where(x == top, iota, v))
+  first = jnp.min(key, axis=-1)
+  return jnp.where(first < 0, first + v, first)
+
+
 @dataclasses.dataclass(frozen=True)
 class Greedy:
   """Argmax: deterministic, ignores `rng`. Ties go to the lowest id, as `torch.argmax` does."""
@@ -28,7 +44,7 @@ class Greedy:
   def get_next_tokens(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     """logits: (B, V) float -> (B,) int32."""
     del rng
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return argmax(logits)
 
 
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
@@ -90,7 +106,10 @@ class Sampling:
 
   def get_next_tokens(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
     """logits: (B, V) float -> (B,) int32 drawn with `rng`."""
-    return jax.random.categorical(rng, self.filter(logits), axis=-1).astype(jnp.int32)
+    # `jax.random.categorical(rng, logits)`'s draw, Gumbel noise plus logits, through the
+    # faster `argmax`: the same tokens for the same key.
+    logits = self.filter(logits)
+    return argmax(jax.random.gumbel(rng, logits.shape, logits.dtype) + logits)
 
 
 Sampler = Greedy | Sampling

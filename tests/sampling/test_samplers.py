@@ -74,3 +74,25 @@ def test_make_and_validation():
       samplers.Sampling(**bad)
   with pytest.raises(ValueError, match="temperature"):
     samplers.make(-0.1)
+
+
+def test_argmax_is_jnp_argmax_with_ties_nans_and_infinities():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 5, (64, 1000)).astype(np.float32)  # many ties
+  x[3, [100, 50]] = np.nan  # the first NaN wins, as in jnp.argmax
+  x[5] = -np.inf
+  x[6, 999] = np.inf
+  x = jnp.asarray(x)
+  want = jnp.argmax(x, axis=-1)
+  np.testing.assert_array_equal(jax.jit(samplers.argmax)(x), want)
+  assert samplers.argmax(x).dtype == jnp.int32 and int(want[3]) == 50
+
+
+def test_sampling_draws_what_jax_random_categorical_draws():
+  """The draw is `jax.random.categorical`'s, token for token, for the same key."""
+  logits = jax.random.normal(jax.random.key(0), (4, 2048)) * 3
+  keys = jax.random.split(jax.random.key(1), 64)
+  for s in (samplers.Sampling(), samplers.Sampling(temperature=0.7, top_k=50)):
+    got = jax.jit(jax.vmap(lambda k, s=s: s.get_next_tokens(logits, k)))(keys)
+    want = jax.vmap(lambda k, s=s: jax.random.categorical(k, s.filter(logits), axis=-1))(keys)
+    np.testing.assert_array_equal(got, want)
