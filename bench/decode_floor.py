@@ -5,10 +5,11 @@
 A decode step of the sampler multiplies every LLM layer's weights (q/k/v/o, gate/up, down) and
 the generation head by a few rows (2 per image with guidance). This times exactly those
 matrix products, with the bench config's shapes, in a jitted `fori_loop` like the sampler's (the
-kernels in the sampler's CPU column blocks, compiled with its options; `--block_columns 0 --ynn`
-gives the layout and dots it had before), and the time numpy takes to stream the same bytes
-once. Whatever the sampler spends above the GEMM time goes to attention over the cache, norms,
-RoPE, the embedding and the sampling itself.
+kernels packed for the CPU panel product, `cpu_kernels`, as the sampler packs them;
+`--block_columns N` puts them in XLA's column blocks instead, and `--block_columns 0 --ynn`
+gives the layout and dots of before), and the time numpy takes to stream the same bytes once.
+Whatever the sampler spends above the GEMM time goes to attention over the cache, norms, RoPE,
+the embedding and the sampling itself.
 """
 
 import argparse
@@ -27,8 +28,8 @@ def main(argv=None):
                   help="XLA CPU threads and pinned cores (as sample_bench)")
   ap.add_argument("--repeats", type=int, default=3, help="timed calls (best counts)")
   ap.add_argument("--block_columns", type=int, default=None,
-                  help="kernel block width, as the sampler's (default: llama.CPU_BLOCK_COLUMNS; "
-                       "0: whole kernels)")
+                  help="XLA's products on kernels cut in blocks this wide (0: whole kernels) "
+                       "instead of the CPU panel product (the default, as the sampler's)")
   ap.add_argument("--ynn", action="store_true",
                   help="compile with XLA's default YNNPACK dots (the sampler turns them off)")
   args = ap.parse_args(argv)
@@ -42,6 +43,7 @@ def main(argv=None):
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
 
+  from janus_jax.models import cpu_kernels  # noqa: PLC0415
   from janus_jax.models import layers  # noqa: PLC0415
   from janus_jax.models import llama  # noqa: PLC0415
   from janus_jax.sampling import image_ar  # noqa: PLC0415
@@ -59,9 +61,16 @@ def main(argv=None):
   w = {"layers": [{k: init(s) for k, s in shapes.items()} for _ in range(num_layers)],
        "head0": init((d, e)), "head1": init((e, v))}
   nbytes = sum(x.size * 4 for x in jax.tree.leaves(w))
-  # ... and, as the sampler lays them out on CPU, cut into contiguous column blocks.
-  columns = llama.CPU_BLOCK_COLUMNS if args.block_columns is None else args.block_columns
-  w = jax.tree.map(lambda a: layers.block_kernels({"kernel": a}, columns)["kernel"], w)
+  # ... and, as the sampler lays them out on CPU, packed in panels (or cut in column blocks).
+  columns = args.block_columns
+  if columns is None and not cpu_kernels.available():
+    print(f"CPU panel product unavailable ({cpu_kernels.unavailable_reason()}): column blocks")
+    columns = llama.CPU_BLOCK_COLUMNS
+  if columns is None:
+    pack = lambda a: layers.panel_kernels({"kernel": a}, cpu_kernels.panel_columns())  # noqa: E731
+  else:
+    pack = lambda a: layers.block_kernels({"kernel": a}, columns)  # noqa: E731
+  w = jax.tree.map(lambda a: pack(a)["kernel"], w)
   mm = lambda x, k: layers.einsum("MD,DN->MN", x, k)  # noqa: E731
 
   def step(w, x):
@@ -78,7 +87,7 @@ def main(argv=None):
   host = np.ones(nbytes // 4, np.float32)
   best = min(_timed(host.sum) for _ in range(args.repeats))
   print(f"config=mid weights={nbytes / 1e6:.0f} MB threads={args.threads} cpus={cpus} "
-        f"block_columns={columns} ynn_dots={args.ynn}")
+        f"layout={'panels' if columns is None else f'blocks of {columns}'} ynn_dots={args.ynn}")
   print(f"numpy streams the weight bytes once: {best * 1e3:.2f} ms "
         f"({nbytes / best / 1e9:.1f} GB/s)")
   for n in rows:
