@@ -150,11 +150,6 @@ def blockwise(product, w, out_axis):
   return jnp.concatenate([product(p) for p in w.parts], axis=out_axis)
 
 
-# At most this many rows go through the CPU panel product; more (a prefill) run as an XLA
-# product on the panels, which is compute-bound there and no longer reads weights per row.
-PANEL_MAX_ROWS = 64
-
-
 @jax.tree_util.register_pytree_node_class
 class Panels:
   """A weight packed for the CPU decode product (`cpu_kernels.panel_matmul`; see
@@ -201,15 +196,17 @@ class Panels:
 
   def product(self, x: jax.Array) -> jax.Array:
     """x (..., *shape[:in_rank]) times the weight -> (..., *shape[in_rank:]):
-    `cpu_kernels.panel_matmul` for up to `PANEL_MAX_ROWS` float32 rows on the CPU, else an XLA
-    product over the panels (in the dtype x and the data promote to)."""
+    `cpu_kernels.panel_matmul` for float32 on the CPU, else an XLA product over the panels (in
+    the dtype x and the data promote to). The panel product also serves prefills: one core,
+    1024 x 4096 weight, it measured 20.5 ms against XLA's dot's 22.8 ms for 256 rows and
+    within 3% of it for 576-1200 rows; the XLA product over panels is slower than both."""
     from janus_jax.models import cpu_kernels  # noqa: PLC0415  (builds the kernel on first use)
     k, n = self._sizes()
     if x.shape[x.ndim - self.in_rank:] != self.shape[:self.in_rank]:
       raise ValueError(f"{self!r}: cannot multiply input of shape {x.shape}")
     lead = x.shape[:x.ndim - self.in_rank]
     x = x.reshape(-1, k)
-    if (x.shape[0] <= PANEL_MAX_ROWS and x.dtype == self.data.dtype == jnp.float32
+    if (x.dtype == self.data.dtype == jnp.float32
         and jax.default_backend() == "cpu" and cpu_kernels.available()
         and cpu_kernels.panel_columns() == self.data.shape[-1]):
       y = cpu_kernels.panel_matmul(x, self.data, n)

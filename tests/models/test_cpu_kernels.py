@@ -49,7 +49,7 @@ def test_threads_share_the_panels():
 
 def test_einsum_and_dense_on_panels():
   """The model's three product forms (dense, q/k/v with head axes, o over two contracted
-  axes), a transposed output, a prefill's many rows (the XLA path) and bfloat16."""
+  axes), a transposed output, a prefill's many rows, and bfloat16 (the XLA product)."""
   c = cpu_kernels.panel_columns()
   x, wq, wo = _rand((2, 3, 16), 4), _rand((16, 4, 5), 5), _rand((4, 5, 16), 6)
   for spec, xin, w, rank in (("BTD,DNH->BTNH", x, wq, 1), ("BTD,DNH->NBTH", x, wq, 1),
@@ -61,7 +61,7 @@ def test_einsum_and_dense_on_panels():
     layers.einsum("BTN,DNH->BTDH", _rand((2, 3, 4), 8), layers.Panels.pack(wq, 1, c))
 
   dense = layers.dense(70, use_bias=True)
-  many = _rand((2, layers.PANEL_MAX_ROWS, 16), 9)  # 128 rows: the XLA product on the panels
+  many = _rand((2, 150, 16), 9)
   params = dense.init(jax.random.key(0), many)["params"]
   packed = layers.panel_kernels(nn.unbox(params), c)
   assert isinstance(packed["kernel"], layers.Panels)
