@@ -17,6 +17,7 @@ import logging
 import os
 import pathlib
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -59,7 +60,12 @@ def panel_matmul(x: jax.Array, panels: jax.Array, n: int) -> jax.Array:
   """(M, K) float32 rows times a (K, n) weight held as (P, K, panel_columns()) panels."""
   if x.dtype != jnp.float32 or panels.dtype != jnp.float32:
     raise TypeError(f"panel_matmul takes float32, got {x.dtype} rows and {panels.dtype} panels")
-  panel_columns()  # registered before the call is traced
+  c = panel_columns()  # also registers the target before the call is traced
+  if (x.ndim != 2 or panels.ndim != 3 or panels.shape[1:] != (x.shape[1], c)
+      or not (panels.shape[0] - 1) * c < n <= panels.shape[0] * c):
+    raise ValueError(f"panel_matmul: rows {x.shape} and panels {panels.shape} for {n} output "
+                     f"columns; expected (M, K) rows, (P, K, {c}) panels and "
+                     f"(P - 1) * {c} < columns <= P * {c}")
   return jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((x.shape[0], n), jnp.float32))(x, panels)
 
 
@@ -68,23 +74,28 @@ def _load() -> _Kernel:
   if os.environ.get("JANUS_JAX_CPU_KERNELS", "1") == "0":
     return _Kernel(reason="turned off by JANUS_JAX_CPU_KERNELS=0")
   try:
-    library = ctypes.CDLL(str(_build()))
+    path = _build()
+    try:
+      library = ctypes.CDLL(str(path))
+    except OSError:  # a cached library that does not load (truncated, say): build it again
+      path.unlink(missing_ok=True)
+      library = ctypes.CDLL(str(_build()))
     jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.JanusPanelMatmul),
                                 platform="cpu")
     return _Kernel(columns=int(library.janus_panel_columns()))
-  except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as e:
+  except Exception as e:  # noqa: BLE001  (whatever went wrong, decoding falls back to XLA)
     _log.warning("CPU panel product unavailable, decoding uses XLA's products: %s", e)
-    return _Kernel(reason=str(e))
+    return _Kernel(reason=f"{type(e).__name__}: {e}")
 
 
 def _build() -> pathlib.Path:
   """The compiled kernel for this source, compiler, jaxlib and CPU: cached, else built."""
-  compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-  if not compiler:
+  compiler = shlex.split(os.environ.get("CXX", "")) or [shutil.which("c++") or shutil.which("g++")]
+  if not compiler[0]:
     raise RuntimeError("no C++ compiler found (set CXX or install g++)")
   include = jax.ffi.include_dir()
   source = SOURCE.read_bytes()
-  key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(FLAGS).encode(),
+  key = hashlib.sha256(b"\0".join([source, " ".join(compiler).encode(), " ".join(FLAGS).encode(),
                                    jaxlib.__version__.encode(), _cpu_signature()]))
   cache = pathlib.Path(os.environ.get("JANUS_JAX_CACHE")
                        or pathlib.Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")) / "janus_jax")
@@ -96,10 +107,13 @@ def _build() -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
   os.close(fd)
   try:
-    done = subprocess.run([compiler, *FLAGS, "-I", include, str(SOURCE), "-o", tmp],
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run([*compiler, *FLAGS, "-I", include, str(SOURCE), "-o", tmp],
+                          capture_output=True, text=True, errors="replace", timeout=300,
+                          check=False)
     if done.returncode != 0:
-      raise RuntimeError(f"{compiler} failed on {SOURCE}: {done.stderr.strip()[-2000:]}")
+      raise RuntimeError(f"{' '.join(compiler)} failed on {SOURCE}: "
+                         f"{done.stderr.strip()[-2000:]}")
+    os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep a shared cache from other users
     os.replace(tmp, target)  # atomic: a concurrent build never loads half a file
   finally:
     if os.path.exists(tmp):

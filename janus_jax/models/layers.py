@@ -128,6 +128,9 @@ def einsum(spec: str, x: jax.Array, w, **kw) -> jax.Array:
   if isinstance(w, Panels):
     inputs, out = spec.split("->")
     xs, ws = inputs.split(",")
+    if kw or len(ws) != len(w.shape):
+      raise ValueError(f"einsum {spec!r} on {w!r}: the weight has rank {len(w.shape)}"
+                       + (f"; options {sorted(kw)} are not taken on panels" if kw else ""))
     ins, outs = ws[:w.in_rank], ws[w.in_rank:]
     rows = [a for a in xs if a not in ins]
     if sorted(rows + list(outs)) != sorted(out) or sorted(set(xs) - set(rows)) != sorted(ins):
@@ -257,8 +260,9 @@ def panel_kernels(params, columns: int, free: bool = False):
   """`params` with every float32 projection kernel (as `block_kernels` picks them) packed in
   `Panels` of `columns` output columns, for the CPU decode product (`cpu_kernels`).
 
-  Kernels placed across several devices stay whole (the product runs on one device's rows), as
-  do other dtypes and kernels already packed or cut. `free` deletes each original array once
+  Kernels placed across several devices stay whole (the FFI call has no partitioning rule), as
+  do traced kernels when there are several devices (their placement is unknown), other dtypes
+  and kernels already packed or cut. `free` deletes each original array once
   packed (outside `jit`).
   """
   if isinstance(params, Mapping):
@@ -279,8 +283,8 @@ def panel_kernels(params, columns: int, free: bool = False):
 def _packable(w, rank: int) -> bool:
   if not is_array(w) or w.ndim != rank or w.dtype != jnp.float32:
     return False
-  if isinstance(w, jax.core.Tracer):
-    return True
+  if isinstance(w, jax.core.Tracer):  # placement unknown: pack only where there is one device
+    return jax.device_count() == 1
   sharding = getattr(w, "sharding", None)
   return sharding is None or len(sharding.device_set) == 1
 

@@ -11,6 +11,8 @@ from janus_jax.data import examples
 from janus_jax.data import mixture
 from janus_jax.data import packing
 from janus_jax.data import synthetic
+from janus_jax.models import cpu_kernels
+from janus_jax.models import layers
 from janus_jax.models import llama
 from janus_jax.parity import sampling_cases
 from janus_jax.sampling import image_ar
@@ -70,8 +72,11 @@ def test_decoding_in_segments_on_kernel_blocks_panels_or_fused_kernels_equals_on
   # q/k/v and gate/up stacked (the GPU layout, laid out beforehand as sample.py does); the CPU
   # default, kernels packed for the CPU decode product (`cpu_kernels`).
   fused = llama.decode_layout(params, block_columns=0, fuse=True)
+  packed = llama.decode_layout(params)  # on one device, outside jit, as sample.py lays out
+  assert isinstance(packed["gen_head"]["vision_head"]["kernel"], layers.Panels) or not (
+      cpu_kernels.available())
   for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40),
-             dict(p=fused, segments=1, block_columns=0), dict(segments=1, block_columns=None)):
+             dict(p=fused, segments=1, block_columns=0), dict(p=packed, segments=1)):
     codes, logits = run(**kw)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)

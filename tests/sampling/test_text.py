@@ -75,7 +75,7 @@ def test_kernels_in_column_blocks_panels_or_fused_give_the_same_tokens(janus_fix
   fused = llama.decode_layout(params, block_columns=0, fuse=True)  # the GPU layout
   # 40: blocks of the 512-token vocabulary; None: the CPU default, panels (`cpu_kernels`),
   # through the chat prefill (more rows than the panel product takes) and the decode steps.
-  for p, columns in ((params, 40), (fused, 0), (params, None)):
+  for p, columns in ((params, 40), (fused, 0), (llama.decode_layout(params), None)):
     tokens, _, logits = run(model, p, CONVS, block_columns=columns)
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)

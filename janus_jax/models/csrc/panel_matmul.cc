@@ -109,8 +109,10 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   if (wd[1] != k || wd[2] != kColumns || yd[0] != m || n > p * kColumns ||
       n <= (p - 1) * kColumns)
     return ffi::Error::InvalidArgument(
-        "panel_matmul: shapes do not match (x (M, K), w (P, K, " + std::to_string(kColumns) +
-        "), y (M, N) with N in the last panel)");
+        "panel_matmul: x (" + std::to_string(m) + ", " + std::to_string(k) + "), w (" +
+        std::to_string(p) + ", " + std::to_string(wd[1]) + ", " + std::to_string(wd[2]) +
+        "), y (" + std::to_string(yd[0]) + ", " + std::to_string(n) + ") do not match: expected "
+        "x (M, K), w (P, K, " + std::to_string(kColumns) + "), y (M, N) with N in the last panel");
   auto shared = std::make_shared<Shared>();
   shared->x = x.typed_data();
   shared->w = w.typed_data();
