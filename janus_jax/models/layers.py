@@ -248,11 +248,17 @@ def block_kernels(params, columns: int, free: bool = False):
     raise ValueError(f"block columns must be >= 0 (0: whole kernels), got {columns}")
   if columns == 0:
     return params
+  return _map_projections(params, lambda w, rank, axis: _cut(w, rank, axis, columns, free))
+
+
+def _map_projections(params, replace):
+  """`params` with each projection kernel `w` (a whole array named in `_CUT_AXIS`) replaced by
+  `replace(w, rank, output axis)`; everything else as it is."""
   if isinstance(params, Mapping):
-    return {k: (_cut(v, *_CUT_AXIS[k], columns, free) if k in _CUT_AXIS and is_array(v)
-                else block_kernels(v, columns, free)) for k, v in params.items()}
+    return {k: (replace(v, *_CUT_AXIS[k]) if k in _CUT_AXIS and is_array(v)
+                else _map_projections(v, replace)) for k, v in params.items()}
   if isinstance(params, (tuple, list)):
-    return type(params)(block_kernels(v, columns, free) for v in params)
+    return type(params)(_map_projections(v, replace) for v in params)
   return params
 
 
@@ -265,23 +271,22 @@ def panel_kernels(params, columns: int, free: bool = False):
   and kernels already packed or cut. `free` deletes each original array once
   packed (outside `jit`).
   """
-  if isinstance(params, Mapping):
-    out = {}
-    for k, v in params.items():
-      if k in _CUT_AXIS and _packable(v, _CUT_AXIS[k][0]):
-        out[k] = Panels.pack(v, _CUT_AXIS[k][1], columns)
-        if free:
-          free_replaced([v], out[k].data)
-      else:
-        out[k] = panel_kernels(v, columns, free)
-    return out
-  if isinstance(params, (tuple, list)):
-    return type(params)(panel_kernels(v, columns, free) for v in params)
-  return params
+  if columns < 1:
+    raise ValueError(f"panel columns must be >= 1, got {columns}")
+
+  def pack(w, rank: int, axis: int):
+    if not _packable(w, rank):
+      return w
+    packed = Panels.pack(w, axis, columns)
+    if free:
+      free_replaced([w], packed.data)
+    return packed
+
+  return _map_projections(params, pack)
 
 
 def _packable(w, rank: int) -> bool:
-  if not is_array(w) or w.ndim != rank or w.dtype != jnp.float32:
+  if w.ndim != rank or w.dtype != jnp.float32:
     return False
   if isinstance(w, jax.core.Tracer):  # placement unknown: pack only where there is one device
     return jax.device_count() == 1

@@ -22,7 +22,8 @@ _FILTERED = -1e30
 
 
 def argmax(x: jax.Array) -> jax.Array:
-  """`jnp.argmax(x, axis=-1)` as int32: the first maximal index, the first NaN's if a row has one.
+  """`jnp.argmax(x, axis=-1)` as int32: (..., V) -> (...), the first maximal index, or the
+  first NaN's if a row has one.
 
   Computed as a max, then a min over indices: two plain reductions. XLA:CPU runs jnp.argmax's
   (value, index) reduction about 3.5x slower (1.24 against 0.35 ms per draw from 4 x 16384

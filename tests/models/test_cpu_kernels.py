@@ -120,6 +120,8 @@ def test_decode_layout_packs_on_one_device_and_cuts_across_several():
   jax.jit(lambda q: traced.append(llama.decode_layout(q)["lm_head"]["kernel"]) or 0)(p)
   assert not isinstance(traced[0], layers.Panels)
 
+  with pytest.raises(ValueError, match="panel columns must be >= 1, got 0"):
+    layers.panel_kernels(p, 0)
   copy = jax.tree.map(jnp.copy, llama.split_layers(p))
   kernel = copy["lm_head"]["kernel"]
   freed = layers.panel_kernels(copy, cpu_kernels.panel_columns(), free=True)
