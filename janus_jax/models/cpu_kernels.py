@@ -49,7 +49,7 @@ def unavailable_reason() -> str:
 
 
 def panel_columns() -> int:
-  """Output columns per panel of the built kernel (32 with AVX-512, else 16)."""
+  """Output columns per panel of the built kernel (32 with AVX-512, 16 with AVX, else 8)."""
   kernel = _load()
   if kernel.columns is None:
     raise RuntimeError(f"the CPU panel product is unavailable: {kernel.reason}")

@@ -3,6 +3,11 @@ products for every row count, ragged panel, thread split and einsum form the mod
 decode layout packs on one device and falls back to column blocks where it cannot; a kernel
 that cannot be built turns into a logged fallback, never a failed sampler."""
 
+import ctypes
+import os
+import platform
+import shutil
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,6 +43,32 @@ def test_panel_matmul_equals_the_product(m):
     for bad, n_bad in ((x, n + c), (x[:, :-1], n), (x[0], n)):
       with pytest.raises(ValueError, match=r"panel_matmul: rows .* and panels \(4, 37, "):
         cpu_kernels.panel_matmul(bad, packed.data, n_bad)
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 builds")
+@pytest.mark.parametrize(("flag", "columns"), [("-mno-avx512f", 16), ("-mno-avx", 8)])
+def test_the_narrower_builds(monkeypatch, tmp_path, flag, columns):
+  """The builds an AVX2 machine (16-column panels, 6-row tiles, interleaved rows) and an
+  SSE-only one (8 columns) get, made here with `flag` beside the native one and called under
+  their own FFI targets: equal to the product for every leftover row count."""
+  compiler = os.environ.get("CXX") or shutil.which("c++") or "g++"
+  monkeypatch.setenv("CXX", f"{compiler} {flag}")
+  monkeypatch.setenv("JANUS_JAX_CACHE", str(tmp_path))
+  library = ctypes.CDLL(str(cpu_kernels._build()))
+  assert library.janus_panel_columns() == columns
+  target = f"janus_panel_matmul_test_{columns}"
+  jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(library.JanusPanelMatmul),
+                              platform="cpu")
+  k, n = 29, 2 * columns + 3
+  w = _rand((k, n), 11)
+  data = layers.Panels.pack(w, 1, columns).data
+  for m in list(range(1, 14)) + [40]:
+    x = _rand((m, k), m)
+    got = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct((m, n), jnp.float32))(x, data)
+    np.testing.assert_allclose(np.asarray(got),
+                               np.asarray(x, np.float64) @ np.asarray(w, np.float64),
+                               rtol=1e-5, atol=1e-5, err_msg=f"{m} rows")
 
 
 @needs_kernel

@@ -15,9 +15,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -25,30 +27,71 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+// Each row's outputs for one panel are kVecs SIMD registers (GCC / Clang vector extensions, so
+// the accumulators stay in registers whatever the target; plain loops left it to the
+// auto-vectoriser, which kept them in memory without AVX-512 and ran ~20x slower).
+// Tried on the AVX2 build: 3 x 4, 4 x 3, 3 x 5 and 1 x 8 (vectors x rows) tiles, none faster
+// than 2 x 6 at 8 rows (bench/decode_floor.py: 10.8-11.7 ms against 10.3-10.8).
+constexpr int kVecs = 2;
 #if defined(__AVX512F__)
-constexpr int kColumns = 32;  // two 16-lane registers per row
-constexpr int kRows = 8;      // 16 accumulators of 32
+constexpr int kLanes = 16;
+constexpr int kRows = 8;  // 16 accumulators of the 32 registers
+#elif defined(__AVX__)
+constexpr int kLanes = 8;
+constexpr int kRows = 6;  // 12 accumulators of the 16 registers
 #else
-constexpr int kColumns = 16;  // two 8-lane registers per row (AVX2; others as they vectorise)
-constexpr int kRows = 6;      // 12 accumulators of 16
+constexpr int kLanes = 4;  // SSE, NEON and the rest
+constexpr int kRows = 6;
 #endif
+constexpr int kColumns = kVecs * kLanes;
+// How a tile reads its rows of x: in place (row r, step k at x[r * K + k]) or from a copy with
+// each tile's rows interleaved (at x[k * R + r]), which the narrower builds need. Measured with
+// bench/decode_floor.py on an AVX-512 EPYC, one thread, ms per 8-row step: AVX-512 in place
+// 6.2, interleaved 7.0; the AVX2 build (-mno-avx512f) interleaved 10.3, in place 14.2.
+constexpr bool kInterleave = kLanes < 16;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
-// Rows [0, R) of x times one panel, written to the first `cols` columns of y.
+inline Vec Load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+// R rows of x (laid out as kInterleave says) times one panel, written to the first `cols`
+// columns of y.
 template <int R>
 inline void Tile(const float* __restrict x, int64_t k_size, const float* __restrict panel,
                  float* __restrict y, int64_t n, int64_t cols) {
-  float acc[R][kColumns];
+  Vec acc[R][kVecs];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < kColumns; ++c) acc[r][c] = 0.f;
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = Vec{};
   for (int64_t k = 0; k < k_size; ++k) {
-    const float* w = panel + k * kColumns;
+    Vec w[kVecs];
+    for (int v = 0; v < kVecs; ++v) w[v] = Load(panel + k * kColumns + v * kLanes);
     for (int r = 0; r < R; ++r) {
-      const float xv = x[r * k_size + k];
-      for (int c = 0; c < kColumns; ++c) acc[r][c] += xv * w[c];
+      const float xv = kInterleave ? x[k * R + r] : x[r * k_size + k];
+      for (int v = 0; v < kVecs; ++v) acc[r][v] += xv * w[v];  // scalar * vector: a broadcast
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int64_t c = 0; c < cols; ++c) y[r * n + c] = acc[r][c];
+  for (int r = 0; r < R; ++r) {
+    if (cols == kColumns) {
+      std::memcpy(y + r * n, acc[r], sizeof(acc[r]));
+    } else {
+      float out[kColumns];
+      std::memcpy(out, acc[r], sizeof(out));
+      std::copy(out, out + cols, y + r * n);
+    }
+  }
+}
+
+// x (M, K) with each block of kRows rows (and the block of the rows left over) interleaved,
+// so a tile's step over k reads its rows' values from one cache line, not one line per row.
+void Interleave(const float* x, int64_t m_size, int64_t k_size, float* xt) {
+  for (int64_t m = 0; m < m_size; m += kRows) {
+    const int64_t rows = std::min<int64_t>(kRows, m_size - m);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t k = 0; k < k_size; ++k) xt[m * k_size + k * rows + r] = x[(m + r) * k_size + k];
+  }
 }
 
 // All M rows times panels [p0, p1).
@@ -68,10 +111,8 @@ void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, floa
       case 3: Tile<3>(xr, k_size, panel, yr, n, cols); break;
       case 4: Tile<4>(xr, k_size, panel, yr, n, cols); break;
       case 5: Tile<5>(xr, k_size, panel, yr, n, cols); break;
-#if defined(__AVX512F__)
-      case 6: Tile<6>(xr, k_size, panel, yr, n, cols); break;
+      case 6: Tile<6>(xr, k_size, panel, yr, n, cols); break;  // when kRows is 8
       case 7: Tile<7>(xr, k_size, panel, yr, n, cols); break;
-#endif
       default: break;
     }
   }
@@ -80,6 +121,7 @@ void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, floa
 // Work shared between the caller and pool threads; held by every task, so a task the pool
 // starts after the product is done finds no panels left and touches nothing freed.
 struct Shared {
+  std::vector<float> interleaved;  // x's copy, when kInterleave
   const float* x;
   const float* w;
   float* y;
@@ -115,6 +157,11 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         "x (M, K), w (P, K, " + std::to_string(kColumns) + "), y (M, N) with N in the last panel");
   auto shared = std::make_shared<Shared>();
   shared->x = x.typed_data();
+  if (kInterleave) {
+    shared->interleaved.resize(m * k);
+    Interleave(shared->x, m, k, shared->interleaved.data());
+    shared->x = shared->interleaved.data();
+  }
   shared->w = w.typed_data();
   shared->y = y->typed_data();
   shared->m = m;
