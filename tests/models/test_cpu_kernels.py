@@ -31,17 +31,19 @@ def _rand(shape, seed):
 @pytest.mark.parametrize("m", list(range(1, 18)) + [64])  # every leftover of 6- and 8-row tiles
 def test_panel_matmul_equals_the_product(m):
   c = cpu_kernels.panel_columns()
-  k, n = 37, 3 * c + 5  # odd depth, a ragged last panel
+  # Odd depth; 8 panels, the last ragged, dealt out two at a time (chunks of ceil(8 / 4)), so
+  # the rows left over after full tiles take the two-panel tile, the ragged one included.
+  k, n = 37, 7 * c + 5
   x, w = _rand((m, k), 0), _rand((k, n), 1)
   packed = layers.Panels.pack(w, 1, c)
-  assert packed.data.shape == (4, k, c)
+  assert packed.data.shape == (8, k, c)
   np.testing.assert_array_equal(np.asarray(packed.unpack()), np.asarray(w))
   got = jax.jit(lambda x, d: cpu_kernels.panel_matmul(x, d, n))(x, packed.data)
   want = np.asarray(x, np.float64) @ np.asarray(w, np.float64)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   if m == 1:
     for bad, n_bad in ((x, n + c), (x[:, :-1], n), (x[0], n)):
-      with pytest.raises(ValueError, match=r"panel_matmul: rows .* and panels \(4, 37, "):
+      with pytest.raises(ValueError, match=r"panel_matmul: rows .* and panels \(8, 37, "):
         cpu_kernels.panel_matmul(bad, packed.data, n_bad)
 
 
@@ -60,7 +62,7 @@ def test_the_narrower_builds(monkeypatch, tmp_path, flag, columns):
   target = f"janus_panel_matmul_test_{columns}"
   jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(library.JanusPanelMatmul),
                               platform="cpu")
-  k, n = 29, 2 * columns + 3
+  k, n = 29, 8 * columns + 3  # 9 panels in chunks of 3: pairs, single panels, odd starts
   w = _rand((k, n), 11)
   data = layers.Panels.pack(w, 1, columns).data
   for m in list(range(1, 14)) + [40]:

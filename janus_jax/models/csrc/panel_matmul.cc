@@ -16,10 +16,10 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <string>
 #include <thread>
-#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -145,7 +145,7 @@ void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, floa
 // Work shared between the caller and pool threads; held by every task, so a task the pool
 // starts after the product is done finds no panels left and touches nothing freed.
 struct Shared {
-  std::vector<float> interleaved;  // x's copy, when kInterleave
+  std::unique_ptr<float[]> interleaved;  // x's copy, when kInterleave
   const float* x;
   const float* w;
   float* y;
@@ -179,12 +179,17 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         std::to_string(p) + ", " + std::to_string(wd[1]) + ", " + std::to_string(wd[2]) +
         "), y (" + std::to_string(yd[0]) + ", " + std::to_string(n) + ") do not match: expected "
         "x (M, K), w (P, K, " + std::to_string(kColumns) + "), y (M, N) with N in the last panel");
-  auto shared = std::make_shared<Shared>();
+  std::shared_ptr<Shared> shared;
+  try {  // nothing may throw across the C entry point XLA calls
+    shared = std::make_shared<Shared>();
+    if (kInterleave) shared->interleaved.reset(new float[m * k]);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("panel_matmul: ") + e.what());
+  }
   shared->x = x.typed_data();
   if (kInterleave) {
-    shared->interleaved.resize(m * k);
-    Interleave(shared->x, m, k, shared->interleaved.data());
-    shared->x = shared->interleaved.data();
+    Interleave(shared->x, m, k, shared->interleaved.get());
+    shared->x = shared->interleaved.get();
   }
   shared->w = w.typed_data();
   shared->y = y->typed_data();
@@ -198,7 +203,13 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t tasks = std::max<int64_t>(1, std::min(threads, p / min_chunk));
   shared->chunk = std::max<int64_t>(1, (p + 4 * tasks - 1) / (4 * tasks));
-  for (int64_t t = 1; t < tasks; ++t) pool.Schedule([shared] { shared->Work(); });
+  for (int64_t t = 1; t < tasks; ++t) {
+    try {
+      pool.Schedule([shared] { shared->Work(); });
+    } catch (...) {  // fewer helpers: the calling thread takes the panels left
+      break;
+    }
+  }
   shared->Work();
   while (shared->done.load(std::memory_order_acquire) < p) std::this_thread::yield();
   return ffi::Error::Success();
