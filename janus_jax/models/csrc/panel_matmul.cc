@@ -120,6 +120,7 @@ void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, floa
             int64_t n, int64_t p0, int64_t p1) {
   const int64_t full = m_size - m_size % kRows;
   const float* xr = x + full * k_size;
+  const bool pair = full > 0;  // the leftover rows find the panels in cache
   for (int64_t p = p0; p < p1; p += 2) {
     const int64_t np = std::min<int64_t>(2, p1 - p);
     const float* panel = w + p * k_size * kColumns;
@@ -130,13 +131,13 @@ void Panels(const float* x, int64_t m_size, int64_t k_size, const float* w, floa
                     y + m * n + (p + j) * kColumns, n, j + 1 < np ? kColumns : cols);
     float* yr = y + full * n + p * kColumns;
     switch (m_size - full) {
-      case 1: Leftover<1>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
-      case 2: Leftover<2>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
-      case 3: Leftover<3>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
-      case 4: Leftover<4>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
-      case 5: Leftover<5>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
-      case 6: Leftover<6>(xr, k_size, panel, yr, n, np, cols, full > 0); break;  // when kRows is 8
-      case 7: Leftover<7>(xr, k_size, panel, yr, n, np, cols, full > 0); break;
+      case 1: Leftover<1>(xr, k_size, panel, yr, n, np, cols, pair); break;
+      case 2: Leftover<2>(xr, k_size, panel, yr, n, np, cols, pair); break;
+      case 3: Leftover<3>(xr, k_size, panel, yr, n, np, cols, pair); break;
+      case 4: Leftover<4>(xr, k_size, panel, yr, n, np, cols, pair); break;
+      case 5: Leftover<5>(xr, k_size, panel, yr, n, np, cols, pair); break;
+      case 6: Leftover<6>(xr, k_size, panel, yr, n, np, cols, pair); break;  // when kRows is 8
+      case 7: Leftover<7>(xr, k_size, panel, yr, n, np, cols, pair); break;
       default: break;
     }
   }
@@ -164,8 +165,8 @@ struct Shared {
   }
 };
 
-ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                           ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+ffi::Error PanelMatmul(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y) {
   const auto xd = x.dimensions();
   const auto wd = w.dimensions();
   const auto yd = y->dimensions();
@@ -179,13 +180,8 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
         std::to_string(p) + ", " + std::to_string(wd[1]) + ", " + std::to_string(wd[2]) +
         "), y (" + std::to_string(yd[0]) + ", " + std::to_string(n) + ") do not match: expected "
         "x (M, K), w (P, K, " + std::to_string(kColumns) + "), y (M, N) with N in the last panel");
-  std::shared_ptr<Shared> shared;
-  try {  // nothing may throw across the C entry point XLA calls
-    shared = std::make_shared<Shared>();
-    if (kInterleave) shared->interleaved.reset(new float[m * k]);
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("panel_matmul: ") + e.what());
-  }
+  auto shared = std::make_shared<Shared>();
+  if (kInterleave) shared->interleaved.reset(new float[m * k]);
   shared->x = x.typed_data();
   if (kInterleave) {
     Interleave(shared->x, m, k, shared->interleaved.get());
@@ -213,6 +209,17 @@ ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   shared->Work();
   while (shared->done.load(std::memory_order_acquire) < p) std::this_thread::yield();
   return ffi::Error::Success();
+}
+
+// The handler XLA calls through a C entry point, which no exception may cross: an allocation
+// that fails (all of them happen before any task is handed out) becomes an error.
+ffi::Error PanelMatmulImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::F32> w, ffi::ResultBuffer<ffi::F32> y) {
+  try {
+    return PanelMatmul(pool, x, w, y);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("panel_matmul: ") + e.what());
+  }
 }
 
 }  // namespace
