@@ -49,6 +49,20 @@ constexpr int kColumns = kVecs * kLanes;
 // bench/decode_floor.py on an AVX-512 EPYC, one thread, ms per 8-row step: AVX-512 in place
 // 6.2, interleaved 7.0; the AVX2 build (-mno-avx512f) interleaved 10.3, in place 14.2.
 constexpr bool kInterleave = kLanes < 16;
+// How far ahead in the weights a tile asks for its cache lines to be brought into L2 (0: not
+// at all), in tiles of three rows or more. The AVX2 build's 6-row tile runs a 64-byte line
+// (one k step of a panel) in ~6 cycles, and the hardware prefetcher alone fed it at ~14 GB/s
+// of the ~25 one core of the EPYC streams: bench/decode_floor.py took 9.2 ms per 8-row step
+// without, 6.2 with (bench/README.md). 1- and 2-row tiles run at the streaming rate without it
+// and were slower with it. Measured on x86 only (AVX2 and AVX-512), so only those ask.
+// -DJANUS_JAX_PREFETCH_BYTES=N (through CXX) sets it for a measurement.
+#ifdef JANUS_JAX_PREFETCH_BYTES
+constexpr int64_t kPrefetchBytes = JANUS_JAX_PREFETCH_BYTES;
+#elif defined(__x86_64__) && defined(__AVX__)
+constexpr int64_t kPrefetchBytes = 16 << 10;
+#else
+constexpr int64_t kPrefetchBytes = 0;
+#endif
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 inline Vec Load(const float* p) {
@@ -68,6 +82,13 @@ inline void Tile(const float* __restrict x, int64_t k_size, const float* __restr
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < kAcc; ++v) acc[r][v] = Vec{};
   for (int64_t k = 0; k < k_size; ++k) {
+    if (kPrefetchBytes > 0 && R > 2)
+      for (int j = 0; j < NP; ++j) {
+        // An address, not an access: lines past the end of w are harmless to ask for.
+        const uintptr_t at = reinterpret_cast<uintptr_t>(panel + (j * k_size + k) * kColumns);
+        for (uintptr_t b = 0; b < kColumns * sizeof(float); b += 64)
+          __builtin_prefetch(reinterpret_cast<const void*>(at + kPrefetchBytes + b), 0, 2);
+      }
     Vec w[kAcc];
     for (int j = 0; j < NP; ++j)
       for (int v = 0; v < kVecs; ++v)
