@@ -517,13 +517,16 @@ def _stack(kernels, free: bool):
 
 
 def decode_layout(params, block_columns: int | None = None, take=None, free: bool = False,
-                  fuse: bool | None = None, panels: bool | None = None):
+                  fuse: bool | None = None, panels: bool | None = None, dtype=None):
   """`params` laid out for decoding: layers split (`split_layers`), then on CPU kernels packed
   for the CPU decode product (`layers.panel_kernels`) or in column blocks
   (`layers.block_kernels`), elsewhere q/k/v and gate/up stacked (`fuse_projections`).
 
-  `panels` None: when the default backend is the CPU, `block_columns` is None and the CPU
-  product builds (`cpu_kernels.available`); True requires it. Kernels that cannot be packed
+  `panels` None: when the default backend is the CPU, `block_columns` is None, the CPU
+  product builds (`cpu_kernels.available`) and `dtype` (the dtype the model computes in; None:
+  the kernels' own) is float32, the only one it multiplies: a float32 kernel packed for a
+  bfloat16 product would be multiplied by XLA over the panels, slower than over blocks. True
+  requires the CPU product. Kernels that cannot be packed
   (placed across devices, not float32) are then cut into blocks. `block_columns` None:
   `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no blocks: GPU and TPU
   products read row-major kernels at full speed). `fuse` None: when the default backend is not
@@ -533,7 +536,8 @@ def decode_layout(params, block_columns: int | None = None, take=None, free: boo
   """
   on_cpu = jax.default_backend() == "cpu"
   if panels is None:
-    panels = on_cpu and block_columns is None and cpu_kernels.available()
+    panels = (on_cpu and block_columns is None and cpu_kernels.available()
+              and (dtype is None or jnp.dtype(dtype) == jnp.float32))
   elif panels and not cpu_kernels.available():
     raise RuntimeError("decode_layout(panels=True): the CPU panel product is unavailable: "
                        + cpu_kernels.unavailable_reason())

@@ -204,15 +204,15 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     segments: the steps run as this many loops over a growing cache
       (`llama.segment_capacities`): more read less of the cache per step and compile longer.
     block_columns: kernel block width for the decode loop (`llama.decode_layout`; None: by
-      backend, which on the CPU packs kernels for the CPU decode product and elsewhere stacks
-      q/k/v and gate/up). Parameters already laid out (as `sample.py` does at load) are used
-      as given.
+      backend, which on the CPU packs a float32 model's kernels for the CPU decode product and
+      elsewhere stacks q/k/v and gate/up). Parameters already laid out (as `sample.py` does
+      at load) are used as given.
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
   if num_tokens < 1 or segments < 1:
     raise ValueError(f"num_tokens and segments must be >= 1, got {num_tokens} and {segments}")
-  params = llama.decode_layout(params, block_columns)  # once, outside the loops
+  params = llama.decode_layout(params, block_columns, dtype=model.dtype)  # once, before the loops
   r, t = tokens.shape
   b = r // 2 if guided else r
   # P - 1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).

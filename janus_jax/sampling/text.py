@@ -116,14 +116,14 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     segments: the steps run as up to this many loops over a growing cache
       (`llama.segment_capacities`).
     block_columns: kernel block width for decoding (`llama.decode_layout`; None: by backend,
-      which on the CPU packs kernels for the CPU decode product and elsewhere stacks q/k/v and
-      gate/up).
+      which on the CPU packs a float32 model's kernels for the CPU decode product and elsewhere
+      stacks q/k/v and gate/up).
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  params = llama.decode_layout(params, block_columns)  # once, outside the loops
+  params = llama.decode_layout(params, block_columns, dtype=model.dtype)  # once, before the loops
   b, t = input_ids.shape
   embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
                  images_seq_mask, images_emb_mask)

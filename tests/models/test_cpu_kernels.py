@@ -135,6 +135,11 @@ def test_decode_layout_packs_on_one_device_and_cuts_across_several():
   assert llama.decode_layout(laid)["lm_head"]["kernel"] is laid["lm_head"]["kernel"]
   blocked = llama.decode_layout(p, block_columns=24)  # block columns asked for: blocks
   assert isinstance(blocked["lm_head"]["kernel"], layers.Blocks)
+  # float32 kernels for a bfloat16 product: blocks (the CPU product multiplies float32 only)
+  assert not isinstance(llama.decode_layout(p, dtype=jnp.bfloat16)["lm_head"]["kernel"],
+                        layers.Panels)
+  assert isinstance(llama.decode_layout(p, dtype=jnp.float32)["lm_head"]["kernel"],
+                    layers.Panels)
 
   emb = m.apply({"params": p}, ids, method=m.embed)
   pos = jnp.broadcast_to(jnp.arange(6), (2, 6))

@@ -17,6 +17,7 @@ from janus_jax.models import llama
 from janus_jax.parity import sampling_cases
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
+from janus_jax.sampling import text
 
 PAD = 3
 P = 16  # image tokens of the tiny VQ at 64 px
@@ -80,6 +81,32 @@ def test_decoding_in_segments_on_kernel_blocks_panels_or_fused_kernels_equals_on
     codes, logits = run(**kw)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
+
+
+def test_samplers_lay_out_kernels_for_the_dtype_the_model_computes_in(janus_fixture,
+                                                                     monkeypatch):
+  # A float32 checkpoint run in bfloat16 must not be packed for the float32-only CPU product.
+  _, model, params = janus_fixture
+  model16 = model.clone(dtype=jnp.bfloat16)
+  asked = []
+
+  class Laid(Exception):
+    pass
+
+  def record(p, *args, dtype=None, **kw):
+    asked.append(dtype)
+    raise Laid
+
+  monkeypatch.setattr(llama, "decode_layout", record)
+  b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
+  with pytest.raises(Laid):
+    image_ar.sample_codes(model16, params, b.tokens, b.mask, b.positions, jax.random.key(0),
+                          jnp.float32(5.0), sampler=samplers.Greedy(), num_tokens=P)
+  ids = jnp.ones((1, 4), jnp.int32)
+  with pytest.raises(Laid):  # fails at the layout, before any other argument is read
+    text.decode(model16, params, ids, ids, None, None, None, jax.random.key(0), 2, PAD,
+                sampler=samplers.Greedy(), max_new_tokens=2)
+  assert asked == [jnp.bfloat16, jnp.bfloat16]
 
 
 def test_decode_jit_compiles_without_options_this_xla_lacks(monkeypatch):
