@@ -11,6 +11,7 @@ Logical parameter axes used across the package:
 
 from collections.abc import Mapping
 import functools
+import logging
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+_log = logging.getLogger(__name__)
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -194,6 +196,20 @@ class Panels:
     k, n = self._sizes()
     return self.data.transpose(1, 0, 2).reshape(k, -1)[:, :n].reshape(self.shape)
 
+  def _no_kernel(self, dtype) -> str:
+    """Why the CPU product cannot multiply these panels by `dtype` rows ('' if it can)."""
+    from janus_jax.models import cpu_kernels  # noqa: PLC0415
+    if not dtype == self.data.dtype == jnp.float32:
+      return f"{jnp.dtype(dtype).name} rows by {self.data.dtype.name} panels (float32 only)"
+    if jax.default_backend() != "cpu":
+      return f"the default backend is {jax.default_backend()}, not the CPU"
+    if not cpu_kernels.available():
+      return f"the CPU product is unavailable ({cpu_kernels.unavailable_reason()})"
+    if cpu_kernels.panel_columns() != self.data.shape[-1]:
+      return (f"panels of {self.data.shape[-1]} columns, where this build's CPU product takes "
+              f"{cpu_kernels.panel_columns()}")
+    return ""
+
   def _sizes(self) -> tuple[int, int]:
     return (int(np.prod(self.shape[:self.in_rank])), int(np.prod(self.shape[self.in_rank:])))
 
@@ -209,13 +225,18 @@ class Panels:
       raise ValueError(f"{self!r}: cannot multiply input of shape {x.shape}")
     lead = x.shape[:x.ndim - self.in_rank]
     x = x.reshape(-1, k)
-    if (x.dtype == self.data.dtype == jnp.float32
-        and jax.default_backend() == "cpu" and cpu_kernels.available()
-        and cpu_kernels.panel_columns() == self.data.shape[-1]):
+    if not (why := self._no_kernel(x.dtype)):
       y = cpu_kernels.panel_matmul(x, self.data, n)
     else:
+      _warn_once(f"Panels.product: {why}; XLA multiplies over the panels instead, slower than "
+                 "over column blocks (llama.decode_layout)")
       y = jnp.einsum("MK,PKC->MPC", x, self.data).reshape(x.shape[0], -1)[:, :n]
     return y.reshape(lead + self.shape[self.in_rank:])
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+  _log.warning(message)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))

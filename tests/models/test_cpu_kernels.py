@@ -4,6 +4,7 @@ decode layout packs on one device and falls back to column blocks where it canno
 that cannot be built turns into a logged fallback, never a failed sampler."""
 
 import ctypes
+import logging
 import os
 import platform
 import shutil
@@ -87,7 +88,7 @@ def test_threads_share_the_panels():
 
 
 @needs_kernel
-def test_einsum_and_dense_on_panels():
+def test_einsum_and_dense_on_panels(caplog):
   """The model's three product forms (dense, q/k/v with head axes, o over two contracted
   axes), a transposed output, a prefill's many rows, and bfloat16 (the XLA product)."""
   c = cpu_kernels.panel_columns()
@@ -114,7 +115,11 @@ def test_einsum_and_dense_on_panels():
                                np.asarray(dense.apply({"params": params}, rows)),
                                rtol=1e-5, atol=1e-5)
   bf16 = layers.dense(70, dtype=jnp.bfloat16)
-  np.testing.assert_allclose(np.asarray(bf16.apply({"params": packed}, many[:, :5]), np.float32),
+  layers._warn_once.cache_clear()  # noqa: SLF001  (said once per process otherwise)
+  with caplog.at_level(logging.WARNING, logger=layers.__name__):
+    got = bf16.apply({"params": packed}, many[:, :5])
+  assert "Panels.product: bfloat16 rows by bfloat16 panels (float32 only)" in caplog.text
+  np.testing.assert_allclose(np.asarray(got, np.float32),
                              np.asarray(bf16.apply({"params": params}, many[:, :5]), np.float32),
                              rtol=2e-2, atol=2e-2)
   with pytest.raises(ValueError, match=r"kernel: panels of a \(16, 70\) weight where"):
