@@ -199,8 +199,9 @@ class Panels:
   def _no_kernel(self, dtype) -> str:
     """Why the CPU product cannot multiply these panels by `dtype` rows ('' if it can)."""
     from janus_jax.models import cpu_kernels  # noqa: PLC0415
-    if not dtype == self.data.dtype == jnp.float32:
-      return f"{jnp.dtype(dtype).name} rows by {self.data.dtype.name} panels (float32 only)"
+    if not dtype == self.data.dtype == jnp.float32:  # (Dense casts the panels to its dtype)
+      return (f"{jnp.dtype(dtype).name} rows (the CPU product multiplies float32 only; "
+              "llama.decode_layout(..., dtype=) leaves the kernels for other dtypes in blocks)")
     if jax.default_backend() != "cpu":
       return f"the default backend is {jax.default_backend()}, not the CPU"
     if not cpu_kernels.available():
@@ -229,7 +230,7 @@ class Panels:
       y = cpu_kernels.panel_matmul(x, self.data, n)
     else:
       _warn_once(f"Panels.product: {why}; XLA multiplies over the panels instead, slower than "
-                 "over column blocks (llama.decode_layout)")
+                 "over column blocks")
       y = jnp.einsum("MK,PKC->MPC", x, self.data).reshape(x.shape[0], -1)[:, :n]
     return y.reshape(lead + self.shape[self.in_rank:])
 

@@ -52,13 +52,16 @@ constexpr bool kInterleave = kLanes < 16;
 // How far ahead in the weights a tile asks for its cache lines to be brought into L2 (0: not
 // at all), in tiles of three rows or more. The AVX2 build's 6-row tile runs a 64-byte line
 // (one k step of a panel) in ~6 cycles, and the hardware prefetcher alone fed it at ~14 GB/s
-// of the ~25 one core of the EPYC streams: bench/decode_floor.py took 9.2 ms per 8-row step
-// without, 6.2 with (bench/README.md). 1- and 2-row tiles run at the streaming rate without it
-// and were slower with it. Measured on x86 only (AVX2 and AVX-512), so only those ask.
+// of the ~25 one core of the EPYC streams: bench/decode_floor.py took 8.9-9.4 ms per 8-row
+// step without, 6.2-6.4 with (bench/README.md). 1- and 2-row tiles already stream near the
+// memory's rate; asking there too measured no clear gain either way, so they do not. Tiles
+// that read panels still in cache (the rows after a full tile, the later row blocks of a
+// prefill) ask too: a 32-row step gained (AVX2 build: 24.5 -> 21.4 ms). On x86 with AVX2 and
+// AVX-512 only was this measured, so only those builds ask (not AVX-only chips, not NEON).
 // -DJANUS_JAX_PREFETCH_BYTES=N (through CXX) sets it for a measurement.
 #ifdef JANUS_JAX_PREFETCH_BYTES
 constexpr int64_t kPrefetchBytes = JANUS_JAX_PREFETCH_BYTES;
-#elif defined(__x86_64__) && defined(__AVX__)
+#elif defined(__x86_64__) && defined(__AVX2__)
 constexpr int64_t kPrefetchBytes = 16 << 10;
 #else
 constexpr int64_t kPrefetchBytes = 0;
