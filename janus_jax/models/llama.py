@@ -526,8 +526,8 @@ def decode_layout(params, block_columns: int | None = None, take=None, free: boo
   product builds (`cpu_kernels.available`) and `dtype` (the dtype the model computes in; None:
   the kernels' own) is float32, the only one it multiplies: a float32 kernel packed for a
   bfloat16 product would be multiplied by XLA over the panels, slower than over blocks. True
-  requires the CPU product. Kernels that cannot be packed
-  (placed across devices, not float32) are then cut into blocks. `block_columns` None:
+  requires the CPU product. Kernels that cannot be packed (placed across devices, not
+  float32) are then cut into blocks. `block_columns` None:
   `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no blocks: GPU and TPU
   products read row-major kernels at full speed). `fuse` None: when the default backend is not
   the CPU (there the panels or blocks already make each product stream, and stacked kernels
