@@ -535,9 +535,10 @@ def decode_layout(params, block_columns: int | None = None, take=None, free: boo
   original kernel once packed, cut or stacked.
   """
   on_cpu = jax.default_backend() == "cpu"
+  dtype = None if dtype is None else jnp.dtype(dtype)  # anything else: a TypeError naming it
   if panels is None:
     panels = (on_cpu and block_columns is None and cpu_kernels.available()
-              and (dtype is None or jnp.dtype(dtype) == jnp.float32))
+              and dtype in (None, jnp.float32))
   elif panels and not cpu_kernels.available():
     raise RuntimeError("decode_layout(panels=True): the CPU panel product is unavailable: "
                        + cpu_kernels.unavailable_reason())

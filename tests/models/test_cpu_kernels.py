@@ -147,6 +147,8 @@ def test_decode_layout_packs_on_one_device_and_cuts_across_several():
                         layers.Panels)
   assert isinstance(llama.decode_layout(p, dtype=jnp.float32)["lm_head"]["kernel"],
                     layers.Panels)
+  with pytest.raises(TypeError, match="'float33' not understood"):
+    llama.decode_layout(p, dtype="float33")
 
   emb = m.apply({"params": p}, ids, method=m.embed)
   pos = jnp.broadcast_to(jnp.arange(6), (2, 6))
