@@ -13,8 +13,9 @@ import json
 import pathlib
 import sys
 
+from janus_jax import cli
+from janus_jax import errors
 from janus_jax.convert import driver
-from janus_jax.convert import rules
 
 
 def parse_args(argv):
@@ -34,19 +35,31 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
+def read_extra(path: pathlib.Path | None) -> dict | None:
+  """The --extra JSON (its "extra" entry when it is a fixture.json), or an InputError."""
+  if path is None:
+    return None
+  try:
+    extra = json.loads(path.read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.InputError(f"--extra {path}: not a readable JSON file ({e})") from None
+  if not isinstance(extra, dict):
+    raise errors.InputError(f"--extra {path}: expected a JSON object, got a "
+                            f"{type(extra).__name__}")
+  return extra.get("extra", extra)
+
+
+@cli.guarded
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  extra = None
-  if args.extra is not None:
-    extra = json.loads(args.extra.read_text())
-    extra = extra.get("extra", extra)
+  cli.quiet_logs()
   try:
     s = driver.convert(args.checkpoint_dir, args.out_dir, dtype=args.dtype,
-                       overwrite=args.overwrite, family=args.family, extra=extra,
-                       chunk_bytes=args.chunk_mib << 20, progress=not args.no_progress)
-  except (driver.CheckpointError, rules.ConversionError, FileExistsError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
+                       overwrite=args.overwrite, family=args.family,
+                       extra=read_extra(args.extra), chunk_bytes=args.chunk_mib << 20,
+                       progress=not args.no_progress)
+  except FileExistsError as e:
+    raise errors.InputError(str(e)) from None
   print(f"skipped {len(s.skipped)} known-unused tensors: {', '.join(s.skipped) or '-'}")
   print(f"converted {s.tensors} tensors -> {s.params} parameters ({s.param_count:,} values, "
         f"{s.bytes_written / 2**30:.2f} GiB in {s.chunks} Orbax items) -> {s.out_dir}")

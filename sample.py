@@ -21,37 +21,25 @@ import pathlib
 import sys
 import time
 
-from absl import app
 from absl import flags
-from absl import logging
 import jax
 import jax.numpy as jnp
-import numpy as np
 from ml_collections import config_flags
+import numpy as np
 from PIL import Image
 import tqdm
 
 from configs import sample as sample_config
+from janus_jax import cli
+from janus_jax import errors
 from janus_jax import sharding
-from janus_jax.convert import driver
-from janus_jax.convert import rules
 from janus_jax.data import chat
 from janus_jax.data import preprocess
 from janus_jax.data import tokenizer as tokenizer_lib
-from janus_jax.models import janus
-from janus_jax.models import janusflow
-from janus_jax.models import layers
-from janus_jax.models import llama
 from janus_jax.sampling import image_ar
+from janus_jax.sampling import loading
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
-
-FAMILIES = {"janus": janus, "janus_hf": janus, "janusflow": janusflow}
-
-
-class UsageError(ValueError):
-  """Bad command-line input; main() prints it as `error: ...` and exits with status 1."""
-
 
 # The no-argument demo: prompts of the shapes world's caption grammar for the shipped checkpoint.
 DEMO_PROMPTS = (
@@ -62,103 +50,13 @@ DEMO_PROMPTS = (
 )
 
 
-def default_checkpoint():
-  """The shapes-world demo checkpoint shipped in assets/shapes_demo (issue 7), if present."""
-  path = pathlib.Path(__file__).resolve().parent / "assets" / "shapes_demo"
-  return str(path) if (path / "config.json").is_file() else None
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def compute_dtype(name: str):
-  if name == "auto":
-    return jnp.bfloat16 if jax.default_backend() != "cpu" else jnp.float32
-  return jnp.dtype(name)
-
-
-def load_model(path: pathlib.Path, cfg, mesh, rules_):
-  """Loads a checkpoint directory: (family name, model, params placed on the mesh, meta dict)."""
-  dtype = compute_dtype(cfg.dtype)
-  meta_path = path / "config.json"
-  if not path.is_dir():
-    raise UsageError(f"checkpoint directory {path} does not exist")
-  if not meta_path.is_file():
-    raise UsageError(f"{path} has no config.json: not a checkpoint directory")
-  meta = json.loads(meta_path.read_text())
-  converted = "family" in meta and (path / "params").is_dir()
-  if converted:
-    name, config = meta["family"], None
-  else:  # an original PyTorch checkpoint: detect its layout from the tensor names
-    ckpt = driver.Checkpoint(path)
-    name, fam = driver.detect_family(ckpt.tensors)
-  if name not in FAMILIES:
-    raise UsageError(f"{path} holds a {name!r} checkpoint; sample.py needs a Janus, Janus-Pro or "
-                     f"JanusFlow model (one of {sorted(FAMILIES)})")
-  module = FAMILIES[name]
-  if converted:
-    config = driver.config_from_json(meta["config"])
-  else:
-    shapes = {k: v.shape for k, v in ckpt.tensors.items()}
-    extra = json.loads(pathlib.Path(cfg.extra).read_text()) if cfg.extra else None
-    config = fam.config_from(ckpt.config, shapes, (extra or {}).get("extra", extra))
-  if not isinstance(config, module.Config):
-    raise UsageError(f"{path}: config is a {type(config).__name__}, expected {name} config")
-  model = module.Model(config, dtype, dtype)
-  boxed = module.abstract_params(config, dtype, dtype)
-  shardings = sharding.logical_shardings(boxed, mesh, rules_)
-  if converted:
-    _, params = driver.load_converted(path, shardings, dtype=dtype)
-  else:
-    params = _convert_in_memory(ckpt, fam, config, shardings, dtype)
-  # Decoding runs the LLM layer by layer on split weights, on CPU with kernels packed for the
-  # CPU decode product (column blocks when sharded over several devices), elsewhere with q/k/v
-  # and gate/up stacked (llama.decode_layout); lay them out once here,
-  # freeing each original array as soon as its pieces exist, so no device ever holds the
-  # weights twice (the samplers would otherwise lay out a copy inside every call).
-  params = llama.decode_layout(params, take=_slices_freeing_stacked, free=True)
-  return name, model, params, meta
-
-
-@jax.jit
-def _layer_slices(a):
-  return tuple(a[i] for i in range(a.shape[0]))
-
-
-def _slices_freeing_stacked(a):
-  slices = _layer_slices(a)
-  layers.free_replaced([a], slices)
-  return slices
-
-
-def _convert_in_memory(ckpt, fam, config, shardings, dtype):
-  expected = driver.abstract_params(fam, config)
-  plan = rules.plan(fam.RULES, {k: v.shape for k, v in ckpt.tensors.items()}, expected, fam.SKIP)
-  flat_sh = rules.flatten_shapes(shardings)
-  flat = {}
-  with ckpt.reading() as read:
-    for p, pieces in plan.targets.items():
-      arr = rules.assemble(p, pieces, plan.expected[p].shape, read, None)
-      flat[p] = jax.device_put(np.asarray(arr).astype(jnp.dtype(dtype)), flat_sh[p])
-  return rules.unflatten(flat)
-
-
-def load_tokenizer(path: pathlib.Path, cfg, meta) -> tokenizer_lib.Tokenizer:
-  candidates = [pathlib.Path(cfg.tokenizer)] if cfg.tokenizer else []
-  candidates.append(path / "tokenizer.json")
-  if meta.get("source"):
-    candidates.append(pathlib.Path(meta["source"]) / "tokenizer.json")
-  for c in candidates:
-    if c.is_file():
-      return tokenizer_lib.load(str(c))
-  raise UsageError("missing tokenizer file: looked for " + ", ".join(map(str, candidates)) +
-                   "; pass --config.tokenizer=PATH/tokenizer.json")
 
 
 def template_family(name: str, model, cfg, path: pathlib.Path, meta) -> str:
   if cfg.template != "auto":
     if cfg.template not in chat.FAMILIES:
-      raise UsageError(f"--config.template={cfg.template!r}: expected auto or {chat.FAMILIES}")
+      raise errors.InputError(f"--config.template={cfg.template!r}: expected auto or {chat.FAMILIES}")
     return cfg.template
   if name == "janusflow":
     return "janusflow"
@@ -175,11 +73,11 @@ def read_prompts(req) -> list[str]:
   if req.prompts_file:
     f = pathlib.Path(req.prompts_file)
     if not f.is_file():
-      raise UsageError(f"prompts file {f} does not exist")
+      raise errors.InputError(f"prompts file {f} does not exist")
     prompts += [line.strip() for line in f.read_text().splitlines() if line.strip()]
   for i, p in enumerate(prompts):
     if not p.strip():
-      raise UsageError(f"prompt {i} is empty")
+      raise errors.InputError(f"prompt {i} is empty")
   return prompts
 
 
@@ -208,15 +106,17 @@ def run_t2i(name, model, params, tok, template, cfg, mesh, rules_, prompts) -> n
   rng = jax.random.key(cfg.seed)
   images = []
   if name == "janusflow":
-    from janus_jax.sampling import image_flow  # noqa: PLC0415  (JanusFlow only)
     from janus_jax.convert import vae as vae_convert  # noqa: PLC0415
+    from janus_jax.sampling import image_flow  # noqa: PLC0415  (JanusFlow only)
     vae_dir = pathlib.Path(t.vae) if t.vae else pathlib.Path(cfg.checkpoint) / "vae"
     vae_cfg, vae_params = vae_convert.load(vae_dir, latent_channels=model.config.latent_channels)
     vae_model = vae_convert.build_model(vae_cfg, model.dtype, model.dtype)
-    if t.image_size % vae_cfg.downsample_factor:
-      raise UsageError(f"--config.t2i.image_size={t.image_size} is not a multiple of the VAE's "
-                       f"downsampling {vae_cfg.downsample_factor}")
-    latent_size = t.image_size // vae_cfg.downsample_factor
+    latent_size = model.config.gen_latent_size
+    if t.image_size is not None:
+      if t.image_size % vae_cfg.downsample_factor:
+        raise errors.InputError(f"--config.t2i.image_size={t.image_size} is not a multiple of "
+                                f"the VAE's downsampling {vae_cfg.downsample_factor}")
+      latent_size = t.image_size // vae_cfg.downsample_factor
     rows = [p for p in ids for _ in range(t.num_images)]
     for b, (chunk, real) in enumerate(tqdm.tqdm(list(_chunks(rows, t.batch_prompts)),
                                                 desc="batches", unit="batch")):
@@ -251,21 +151,21 @@ def read_conversations(req) -> list[dict]:
   if req.chat_file:
     f = pathlib.Path(req.chat_file)
     if not f.is_file():
-      raise UsageError(f"chat file {f} does not exist")
+      raise errors.InputError(f"chat file {f} does not exist")
     for n, line in enumerate(f.read_text().splitlines(), 1):
       if not line.strip():
         continue
       try:
         d = json.loads(line)
       except json.JSONDecodeError as e:
-        raise UsageError(f"{f}:{n}: not JSON: {e}") from None
+        raise errors.InputError(f"{f}:{n}: not JSON: {e}") from None
       if not isinstance(d, dict) or not isinstance(d.get("question"), str):
-        raise UsageError(f"{f}:{n}: expected an object with a 'question' string")
+        raise errors.InputError(f"{f}:{n}: expected an object with a 'question' string")
       images = [str(f.parent / p) for p in d.get("images", [])]
       convs.append({"question": d["question"], "images": images})
   for i, c in enumerate(convs):
     if not c["question"].strip():
-      raise UsageError(f"conversation {i}: the question is empty (give --question)")
+      raise errors.InputError(f"conversation {i}: the question is empty (give --question)")
     # Decode (and so validate) every image before the slow model load; convertible modes
     # (CMYK, 16-bit, palette, animated: first frame) become RGB, the rest is refused by name.
     c["images"] = [preprocess.load_image(p) for p in c["images"]]
@@ -286,7 +186,7 @@ def chat_inputs(conv, tok, template, model, system: str = chat.SYSTEM_PROMPT):
     prompt = chat.understanding_prompt(template, question, len(images), system=system)
   toks = chat.tokenize(tok, prompt, image_tokens=model.config.image_tokens, family=template)
   if toks.n_images != len(images):
-    raise UsageError(f"question has {toks.n_images} image placeholders but {len(images)} images")
+    raise errors.InputError(f"question has {toks.n_images} image placeholders but {len(images)} images")
   return [int(x) for x in toks.input_ids], images
 
 
@@ -363,30 +263,39 @@ class Request:
   chat_file: str | None = None
 
 
+def _read_json(path: str, what: str):
+  try:
+    return json.loads(pathlib.Path(path).read_text())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise errors.InputError(f"{what}={path}: not a readable JSON file ({e})") from None
+
+
 def run(cfg, req: Request) -> int:
   """Loads the checkpoint and serves the request; bad input raises (see `main`)."""
   prompts, convs = read_prompts(req), read_conversations(req)
-  if not prompts and not convs and not cfg.checkpoint and default_checkpoint():
+  if not prompts and not convs and not cfg.checkpoint and loading.default_checkpoint():
     prompts = list(DEMO_PROMPTS)  # `python sample.py` alone: draw the demo prompts
   if not prompts and not convs:
-    raise UsageError("nothing to do: give --prompt/--prompts_file (text-to-image) or "
+    raise errors.InputError("nothing to do: give --prompt/--prompts_file (text-to-image) or "
                      "--image with --question / --chat_file (chat)")
   if cfg.t2i.num_images < 1:
-    raise UsageError(f"--num_images must be >= 1, got {cfg.t2i.num_images}")
-  path = cfg.checkpoint or default_checkpoint()
+    raise errors.InputError(f"--num_images must be >= 1, got {cfg.t2i.num_images}")
+  path = cfg.checkpoint or loading.default_checkpoint()
   if not path:
-    raise UsageError("no --checkpoint given and this build embeds no default checkpoint; pass "
+    raise errors.InputError("no --checkpoint given and this build embeds no default checkpoint; pass "
                      "--checkpoint=DIR (a convert_torch.py output directory)")
   path = pathlib.Path(path)
   mesh = sharding.make_mesh(tuple(cfg.mesh))
   rules_ = sharding.rules_from_config(cfg.sharding_rules)
   start = time.time()
-  name, model, params, meta = load_model(path, cfg, mesh, rules_)
-  tok = load_tokenizer(path, cfg, meta)
-  if meta.get("image_size"):  # a checkpoint trained at one size (the demo: 48 px) says so
+  extra = _read_json(cfg.extra, "--config.extra") if cfg.extra else None
+  loaded = loading.load(path, dtype=cfg.dtype, mesh=mesh, rules_=rules_, extra=extra)
+  name, model, params, meta = loaded.family, loaded.model, loaded.params, loaded.meta
+  tok = loading.load_tokenizer(path, meta, cfg.tokenizer)
+  if cfg.t2i.image_size is None and meta.get("image_size"):  # the size it was trained at
     cfg.t2i.image_size = int(meta["image_size"])
   if tok.vocab_size > model.config.llm.vocab_size:
-    raise UsageError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "
+    raise errors.InputError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "
                      f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")
   template = template_family(name, model, cfg, path, meta)
   if cfg.t2i.cfg_weight is None:
@@ -413,21 +322,13 @@ def run(cfg, req: Request) -> int:
 
 def main(argv):
   if len(argv) > 1:
-    print(f"error: unexpected arguments {argv[1:]} (use --prompt=...)", file=sys.stderr)
-    return 2
-  logging.set_verbosity(logging.WARNING)  # checkpoint-restore chatter
+    raise errors.InputError(f"unexpected arguments {argv[1:]} (use --prompt=...)")
+  cli.quiet_logs()
   f = flags.FLAGS
   cfg = apply_flags(f.config, f)
   req = Request(list(f.prompt), f.prompts_file, list(f.image), f.question, f.chat_file)
-  try:
-    return run(cfg, req)
-  except (UsageError, preprocess.BadImageError, driver.CheckpointError,
-          rules.ConversionError, FileNotFoundError, KeyError, ValueError) as e:
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"error: {msg}", file=sys.stderr)
-    return 1
+  return run(cfg, req)
 
 
 if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+  cli.run(main, define_flags)

@@ -3,42 +3,25 @@ r"""Trains Janus / Janus-Pro / JanusFlow (or the bare LLM) on any mesh, resumabl
   python train.py --config configs/train_tiny.py:janus --workdir /tmp/janus_tiny
   python train.py --config configs/train_janus_pro.py:stage2 --workdir gs://... \
       --config.init_from=/ckpt/janus_pro_1b_converted --config.mesh='(1,-1,1)'
-  python train.py --config configs/train_tiny.py:janus --workdir /tmp/small \
-      --config.model.config_json=small.json --config.data.source=pipeline \
-      --config.data.data_dir=/data/tfds --config.data.gen=codes --config.data.tokenizer=tok/
 
-Which model (init_from, model.config_json or a named variant) and which data: see the docstring
-of configs/train_common.py.
+Which model (init_from, model.config_json or a named variant) and which data: see
+`janus_jax/train/config.py`. The trainer itself is `janus_jax.train.trainer.train`.
 
 Multi-host: every process runs the same command; `jax.distributed.initialize` finds the cluster
 on TPU / SLURM / GKE, or takes --coordinator, --num_processes and --process_id explicitly (also
 how two CPU processes train together on one machine).
-
-Read top to bottom, big_vision style: config -> mesh -> model -> optimizer -> state born sharded
-(or restored) -> jitted step with explicit shardings and donation -> loop with checkpoints,
-metrics and clean preemption.
 """
 
-import dataclasses
-import functools
-import importlib
-import json
-import logging
+import os
+import sys
 
-from absl import app
 from absl import flags
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
-from janus_jax import checkpoint
-from janus_jax import metrics as metrics_lib
-from janus_jax import optim
-from janus_jax import sharding
-from janus_jax import train_steps
-
-log = logging.getLogger("train")
+from janus_jax import cli
+from janus_jax import errors
+from janus_jax.train import trainer
 
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/train_*.py).",
                                 lock_config=True)
@@ -48,317 +31,23 @@ flags.DEFINE_string("coordinator", None, "host:port of process 0 (multi-process 
 flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator).")
 flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-# ----------------------------------------------------------------------------------------------
-# Model.
-# ----------------------------------------------------------------------------------------------
-
-
-def model_config(m, init_from: str = ""):
-  """The model's config dataclass and family for `config.model` (see `configs/train_common.py`).
-
-  Precedence: the converted checkpoint `init_from` (its config.json: the exact sizes its weights
-  have), then `m.config_json` (a converted checkpoint's config.json or a bare
-  `janus_jax.convert.driver.config_to_json` dict, e.g. a custom small model), then the named
-  `m.variant` of `m.family`. `m.remat_policy` applies in every case.
-  """
-  from janus_jax.models import llama  # pylint: disable=g-import-not-at-top
-  path = f"{init_from}/config.json" if init_from else m.get("config_json", "")
-  remat = m.get("remat_policy", "none")
-  if path:
-    cfg = _config_from_file(path)
-    family = getattr(cfg, "family", "llm") if not isinstance(cfg, llama.Config) else "llm"
-    if m.get("family") and m.family != family:
-      raise ValueError(f"config.model.family={m.family!r} but {path} holds a {family!r} model")
-  else:
-    family = m.family
-    if family == "llm":
-      cfg = llama.get_config(m.variant)
-    elif family in ("janus", "janusflow"):
-      module = importlib.import_module(f"janus_jax.models.{family}")
-      cfg = module.get_config(m.variant)
-    else:
-      raise ValueError(f"unknown config.model.family {family!r}; use llm, janus or janusflow")
-  if family == "llm":
-    return dataclasses.replace(cfg, remat_policy=remat), family
-  return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, remat_policy=remat)), family
-
-
-def _config_from_file(path: str):
-  from janus_jax.convert import driver  # pylint: disable=g-import-not-at-top
-  try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise ValueError(f"model config {path}: cannot read it as JSON: {e}") from e
-  d = meta.get("config", meta)  # a converted checkpoint's config.json wraps the config
-  if not isinstance(d, dict) or "class" not in d or "fields" not in d:
-    raise ValueError(f"model config {path}: expected a converted checkpoint's config.json or "
-                     "a janus_jax.convert.driver.config_to_json dict ({\"class\", \"fields\"})")
-  return driver.config_from_json(d)
-
-
-def build_model(config):
-  """(module, family, init_fn(rng) -> boxed params) for config.model."""
-  m = config.model
-  cfg, family = model_config(m, config.get("init_from", ""))
-  kw = dict(dtype=DTYPES[m.get("dtype", "float32")],
-            param_dtype=DTYPES[m.get("param_dtype", "float32")])
-  if family == "llm":
-    from janus_jax.models import llama  # pylint: disable=g-import-not-at-top
-    module = llama.Model(cfg, **kw)
-    init = lambda rng: module.init(rng, jnp.zeros((1, 4), jnp.int32),  # noqa: E731
-                                   method=llama.Model.init_all)["params"]
-    return module, family, init
-  if family == "janus":
-    from janus_jax.models import janus  # pylint: disable=g-import-not-at-top
-    module = janus.Model(cfg, **kw)
-    init = lambda rng: module.init(rng, *janus.init_inputs(cfg),  # noqa: E731
-                                   method=janus.Model.init_all)["params"]
-    return module, family, init
-  from janus_jax.models import janusflow  # pylint: disable=g-import-not-at-top
-  module = janusflow.Model(cfg, **kw)
-  proj = train_steps.repa_projector(cfg, config, **kw)
-
-  def init(rng):
-    r1, r2 = jax.random.split(rng)
-    params = module.init(r1, *janusflow.init_inputs(cfg), method=janusflow.Model.init_all)
-    tap = jnp.zeros((1, 1, cfg.llm.hidden_size), kw["dtype"])
-    return {**params["params"], train_steps.REPA: proj.init(r2, tap)["params"]}
-  return module, family, init
-
-
-def llm_config(module):
-  return module.config if not hasattr(module.config, "llm") else module.config.llm
-
-
-# ----------------------------------------------------------------------------------------------
-# Data.
-# ----------------------------------------------------------------------------------------------
-
-
-def make_data(config, module):
-  """This process's iterator of local batches (a dict of numpy arrays per step)."""
-  d = config.data
-  rows = sharding.local_rows(d.batch_size)
-  if d.source == "synthetic":
-    mc = module.config
-    janus_sizes = {}
-    if hasattr(mc, "vision"):
-      janus_sizes = dict(image_size=mc.vision.image_size, und_tokens=mc.image_tokens,
-                         gen_tokens=d.get("gen_tokens", 16),
-                         code_vocab=getattr(mc, "image_token_size", 0))
-    if getattr(mc, "family", "") == "janusflow":
-      side = mc.gen_latent_size
-      janus_sizes.update(gen_tokens=mc.gen_tokens(side),
-                         latent_shape=(side, side, mc.latent_channels))
-    return train_steps.SyntheticData(
-        batch_size=d.batch_size, seq_len=d.seq_len, vocab=llm_config(module).vocab_size,
-        kinds=tuple(d.kinds), seed=config.seed, fixed=d.get("fixed", False), rows=rows,
-        **janus_sizes)
-  if d.source == "pipeline":
-    return _pipeline(config, module.config)
-  raise ValueError(f"unknown config.data.source {d.source!r}; use synthetic or pipeline")
-
-
-def _pipeline(config, model_cfg):
-  """The grain pipeline of `janus_jax.data` (`pipeline.make_train_iterator`) over `config.data`."""
-  from janus_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  d = config.data.to_dict()
-  d.setdefault("seed", config.seed)
-  return pipeline.make_train_iterator(_Fields(d), model_cfg)
-
-
-class _Fields(dict):
-  """A dict read by attribute too (what `make_train_iterator` expects of `data`)."""
-  __getattr__ = dict.__getitem__
-
-
-# ----------------------------------------------------------------------------------------------
-# State, born sharded.
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Setup:
-  """Everything `train` builds before the loop (tests reuse it)."""
-  mesh: jax.sharding.Mesh
-  rules: tuple
-  module: nn.Module
-  family: str
-  tx: object
-  labels: object
-  schedule: object
-  abstract_state: object
-  state_shardings: object
-  init_state: object  # jitted () -> TrainState, born sharded
-
-
-def setup(config, devices=None) -> Setup:
-  """Mesh, model, optimizer and the sharded abstract state; `devices` defaults to all."""
-  mesh = sharding.make_mesh(config.mesh, devices)
-  rules = sharding.rules_from_config(config.get("sharding_rules"))
-  module, family, init_params = build_model(config)
-
-  with sharding.activate(mesh, rules):
-    boxed = jax.eval_shape(init_params, jax.random.key(0))
-  params_sh = sharding.logical_shardings(boxed, mesh, rules)
-  abstract_params = nn.unbox(boxed)
-  tx, labels, sched = optim.make(config.optim, abstract_params)
-  use_ema = bool(config.get("ema_decay", 0.0))
-
-  def init(rng):
-    params = nn.unbox(init_params(rng))
-    return train_steps.TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-        ema_params=params if use_ema else None)
-
-  abstract_state = jax.eval_shape(init, jax.random.key(0))
-  state_sh = train_steps.TrainState(
-      step=sharding.replicated(mesh), params=params_sh,
-      opt_state=sharding.like_params(abstract_state.opt_state, params_sh, mesh),
-      ema_params=params_sh if use_ema else None)
-  rng = jax.random.key(config.seed)
-  jit_init = jax.jit(init, out_shardings=state_sh)
-
-  def init_state():
-    with sharding.activate(mesh, rules):
-      state = jit_init(rng)
-    if config.get("init_from"):
-      loaded = checkpoint.load_converted_params(config.init_from, abstract_params, params_sh)
-      state = state.replace(params={**state.params, **loaded})
-      if use_ema:
-        state = state.replace(ema_params=state.params)
-    return state
-
-  return Setup(mesh, rules, module, family, tx, labels, sched, abstract_state, state_sh,
-               init_state)
-
-
-def make_step(config, s: Setup, batch_example: dict):
-  """The jitted train step with explicit in/out shardings; the state is donated."""
-  terms_fn = train_steps.bind_terms(s.module, s.family, config)
-  step = functools.partial(train_steps.train_step, terms_fn=terms_fn, tx=s.tx,
-                           trainable=optim.trainable_mask(s.labels), config=config)
-  batch_sh = sharding.batch_shardings(batch_example, s.mesh)
-  rep = sharding.replicated(s.mesh)
-  jitted = jax.jit(step, in_shardings=(s.state_shardings, batch_sh, rep),
-                   out_shardings=(s.state_shardings, rep), donate_argnums=(0,))
-
-  def run(state, batch, rng):
-    with sharding.activate(s.mesh, s.rules):
-      return jitted(state, batch, rng)
-  return run
-
-
-def host_metrics(m: dict) -> dict:
-  """Replicated device scalars -> host floats (works when arrays span several processes)."""
-  return {k: float(v.addressable_data(0)) for k, v in m.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# The loop.
-# ----------------------------------------------------------------------------------------------
-
-
-def train(config, workdir: str, data=None, return_params: bool = False, devices=None) -> dict:
-  """Trains until config.total_steps or a stop signal. Returns the last host metrics + status.
-
-  `data` replaces the configured iterator (it needs get_state / set_state for checkpoints).
-  `return_params`: also return the final parameters (under "params"), for a caller that runs
-  stages back to back (the shapes demo, `janus_jax.demo`). `devices`: the mesh's devices
-  (default all).
-  """
-  s = setup(config, devices)
-  if config.data.batch_size % sharding.batch_divisor(s.mesh):
-    raise ValueError(f"data.batch_size={config.data.batch_size} must be a multiple of the "
-                     f"batch mesh axes' size {sharding.batch_divisor(s.mesh)}")
-  data = data if data is not None else make_data(config, s.module)
-  ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", save_every=config.ckpt.every,
-                                 keep=config.ckpt.keep, use_async=config.ckpt.get("use_async", True))
-
-  # --- Restore or initialise ---
-  restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))
-  if restored is not None:
-    start, state, data_state = restored
-    checkpoint.set_iterator_state(data, data_state)
-    log.info("resumed from step %d", start)
-  else:
-    start, state = 0, s.init_state()
-
-  first = next(data)
-  step_fn = make_step(config, s, first)
-  base_rng = jax.random.key(config.seed + 1)
-  tokens = config.data.batch_size * config.data.seq_len
-  reporter = metrics_lib.Reporter(
-      f"{workdir}/tb", total_steps=config.total_steps, start_step=start, tokens_per_step=tokens,
-      flops_per_token=metrics_lib.flops_per_token(
-          s.abstract_state.params, llm_config(s.module), config.data.seq_len),
-      every=config.get("log_every", 1))
-
-  # --- Train ---
-  # `finally`: even when a non-finite metric stops the run, in-flight async saves of earlier
-  # (good) steps complete before the error propagates.
-  out, batch, stopped, step = {}, first, False, start
-  try:
-    with checkpoint.PreemptionGuard() as guard:
-      pending = None
-      for step in range(start + 1, config.total_steps + 1):
-        if batch is None:
-          batch = next(data)
-        gbatch = sharding.global_batch(batch, s.mesh)
-        batch = None
-        state, m = step_fn(state, gbatch, jax.random.fold_in(base_rng, step))
-        if pending is not None:  # the previous step's metrics, read while this step runs
-          out = _report(reporter, s, *pending)
-        pending = (step, m)
-        stop = guard.should_stop()
-        if stop or step == config.total_steps or ckpt.should_save(step):
-          out = _report(reporter, s, *pending)  # never save a state whose loss is not finite
-          pending = None
-          ckpt.save(step, state, checkpoint.iterator_state(data))
-        if stop:
-          stopped = True
-          break
-      if pending is not None:
-        out = _report(reporter, s, *pending)
-  finally:
-    ckpt.close()
-    reporter.close()
-  out.update(step=step, stopped=stopped)
-  if return_params:
-    out["params"] = state.params
-  return out
-
-
-def _report(reporter, s, step, m):
-  hm = host_metrics(m)
-  metrics_lib.check_finite(hm, step)
-  return reporter.step(step, hm, float(s.schedule(step - 1)))
+CLUSTER_VARIABLES = ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
 
 
 def main(argv):
-  del argv
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+  if len(argv) > 1:
+    raise errors.InputError(f"unexpected arguments {argv[1:]}")
+  cli.quiet_logs()
   f = flags.FLAGS
   if f.coordinator:
     jax.distributed.initialize(f.coordinator, f.num_processes, f.process_id)
-  elif f.num_processes is None and _in_cluster():
+  elif f.num_processes is None and any(k in os.environ for k in CLUSTER_VARIABLES):
     jax.distributed.initialize()
-  if f.workdir is None:
-    raise app.UsageError("--workdir is required")
-  result = train(f.config, f.workdir)
-  log.info("done: %s", {k: result[k] for k in sorted(result)})
-
-
-def _in_cluster() -> bool:
-  import os  # pylint: disable=g-import-not-at-top
-  return any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES",
-                                       "JAX_COORDINATOR_ADDRESS"))
+  result = trainer.train(f.config, f.workdir)
+  # Every process ends its log with its result (the metrics are global: the same on each).
+  print(f"done: {dict(sorted(result.items()))}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  flags.mark_flags_as_required(["config", "workdir"])
+  cli.run(main)

@@ -30,12 +30,11 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from janus_jax.convert import driver  # noqa: E402
-from janus_jax.convert import janus as janus_table  # noqa: E402
-from janus_jax.convert import rules  # noqa: E402
-from janus_jax.models import janus  # noqa: E402
+from janus_jax.convert import driver
+from janus_jax.convert import janus as janus_table
+from janus_jax.convert import rules
+from janus_jax.models import janus
 
 FIXTURE = REPO.parent / "shared" / "fixtures" / "janus_tiny"
 GIB = 2 ** 30

@@ -1,9 +1,14 @@
 """JanusFlow text-to-image speed: the compiled JAX sampler vs the reference's eager PyTorch loop.
 
   python bench/flow_bench.py                  # mid-size random model on CPU (a few minutes)
-  python bench/flow_bench.py --size=full --images=5 --steps=30 --jax_only   # released sizes (GPU)
+  python bench/flow_bench.py --size=full --images=5 --steps=30 --jax_only --threads 0   # GPU
 
-Both sides run spec 5.3 on the same random weights: rows [cond; uncond], uncond prompt tokens
+On CPU both sides get one thread on one pinned core by default (`--threads`, as
+`sample_bench.py`): unpinned, torch's idle threads spin on a loaded machine and inflate the
+reference's time.
+
+Both sides run the reference's JanusFlow sampling (`demo/app_janusflow.py`) on the same random
+weights: rows [cond; uncond], uncond prompt tokens
 after BOS padded and masked, the prompt's last token replaced by t_emb, `t = s/N*1000`,
 `v = w v_c - (w - 1) v_u`, `z += v/N`, then the VAE decode. The reference side is the demo's
 algorithm as it actually runs: every step re-runs the whole prompt + 1 + Q tokens through
@@ -27,17 +32,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from janus_jax.convert import janusflow as janusflow_table  # noqa: E402
-from janus_jax.convert import rules  # noqa: E402
-from janus_jax.convert import vae as vae_table  # noqa: E402
-from janus_jax.models import janusflow  # noqa: E402
-from janus_jax.models import llama  # noqa: E402
-from janus_jax.models import siglip  # noqa: E402
-from janus_jax.models import uvit  # noqa: E402
-from janus_jax.models import vae  # noqa: E402
-from janus_jax.sampling import image_flow  # noqa: E402
+from janus_jax.convert import janusflow as janusflow_table
+from janus_jax.convert import rules
+from janus_jax.convert import vae as vae_table
+from janus_jax.models import janusflow
+from janus_jax.models import llama
+from janus_jax.models import siglip
+from janus_jax.models import uvit
+from janus_jax.models import vae
+from janus_jax.sampling import image_flow
+import sample_bench  # the sibling script: the same thread pinning and CPU description
 
 PAD = 3
 SIZES = {
@@ -54,10 +58,10 @@ SIZES = {
 
 def torch_modules(s, seed):
   """The generation half of JanusFlow in torch, attribute names as in the checkpoint."""
-  import torch  # pylint: disable=import-outside-toplevel
   from diffusers.models import embeddings  # pylint: disable=import-outside-toplevel
-  import transformers  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
   from torch import nn as tnn  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
   rms = transformers.models.llama.modeling_llama.LlamaRMSNorm
 
   class GRN(tnn.Module):
@@ -260,11 +264,17 @@ def main():
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--jax_only", action="store_true", help="skip the torch reference")
   ap.add_argument("--bf16", action="store_true", help="JAX network in bf16 (fp32 integration)")
+  ap.add_argument("--threads", type=int, default=1,
+                  help="threads for both XLA and torch on CPU, the process pinned to that many "
+                       "cores (0: their defaults, unpinned; pass 0 on a GPU)")
   args = ap.parse_args()
+  cpus = sample_bench.limit_cpus(args.threads)  # before jax initialises its CPU backend
   s = SIZES[args.size]
   print(f"command: python bench/flow_bench.py {' '.join(sys.argv[1:])}")
   print(f"devices: {jax.devices()}; size={args.size} {s}; images={args.images} "
-        f"steps={args.steps} prompt_len={args.prompt_len}")
+        f"steps={args.steps} prompt_len={args.prompt_len}; threads={args.threads} cpus={cpus}")
+  if jax.default_backend() == "cpu":
+    print(f"cpu: {sample_bench.cpu_description()}")
   rng = np.random.default_rng(0)
   prompt = [1] + rng.integers(10, min(s["vocab"], 1000), args.prompt_len - 1).tolist()
   z0_nchw = rng.standard_normal((args.images, 4, s["latent"], s["latent"])).astype(np.float32)
@@ -275,6 +285,9 @@ def main():
     dtype = jnp.bfloat16 if args.bf16 else jnp.float32
     model, params, vmodel, vparams = random_jax(s, args.size, dtype)
   else:
+    import torch  # pylint: disable=import-outside-toplevel
+    if args.threads and jax.default_backend() == "cpu":
+      torch.set_num_threads(args.threads)
     flow, vae_ref, llm_config = torch_modules(s, seed=0)
     model, params, vmodel, vparams = jax_models(s, flow, vae_ref, llm_config)
     if args.bf16:

@@ -3,8 +3,8 @@
   python bench/sample_bench.py                      # mid-size config on CPU (a few minutes)
   python bench/sample_bench.py --config=janus_pro_7b --images=16 --threads 0   # on a GPU
 
-Both sides run the same algorithm (spec 5.2: interleaved cond/uncond rows, guidance w = 5,
-temperature 1, 576 image tokens, VQ decode) on the same random weights: the JAX parameters are
+Both sides run the same algorithm (`generation_inference.py`'s: interleaved cond/uncond rows,
+w = 5, temperature 1, 576 image tokens, VQ decode) on the same random weights: the JAX parameters are
 copied into a transformers `LlamaModel` plus torch gen-head / gen-embed / gen-aligner MLPs
 written here, and the reference loop (`generation_inference.py`'s algorithm: one eager forward
 per token with the HF KV cache, `multinomial` sampling) runs on them. A greedy run of both
@@ -28,21 +28,20 @@ import time
 # its backends, so set before that.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from janus_jax.models import aligners  # noqa: E402
-from janus_jax.models import gen_head  # noqa: E402
-from janus_jax.models import janus  # noqa: E402
-from janus_jax.models import llama  # noqa: E402
-from janus_jax.models import siglip  # noqa: E402
-from janus_jax.models import vq  # noqa: E402
-from janus_jax.sampling import image_ar  # noqa: E402
-from janus_jax.sampling import samplers  # noqa: E402
+from janus_jax.models import aligners
+from janus_jax.models import gen_head
+from janus_jax.models import janus
+from janus_jax.models import llama
+from janus_jax.models import siglip
+from janus_jax.models import vq
+from janus_jax.sampling import decode_layout
+from janus_jax.sampling import image_ar
+from janus_jax.sampling import samplers
 
 PAD = 3
 
@@ -254,6 +253,7 @@ def profile_summary(trace_dir: str, top: int = 12) -> list[str]:
   than Python's. Returns printable lines, largest first.
   """
   import glob  # noqa: PLC0415
+
   from jax._src.lib import _profile_data  # noqa: PLC0415  (no public reader of xplane.pb)
   paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True))
   if not paths:
@@ -385,9 +385,9 @@ def main(argv=None):
   n, p = args.images, args.tokens
   reference = torch_reference(config, params, dtype, device)
   # Lay the weights out for decoding once, as sample.py does at load (the sampler would lay out
-  # a copy): layers split and, on CPU, kernels packed for the CPU decode product
-  # (`cpu_kernels`), elsewhere q/k/v and gate/up stacked (llama.decode_layout).
-  params = llama.decode_layout(params)
+  # a copy): layers split, q/k/v and gate/up stacked and, on CPU, kernels packed for the CPU
+  # decode product (`decode_layout`).
+  params = decode_layout.decode_layout(params, dtype=dtype)
 
   # Correctness first: both pick the same greedy codes.
   if args.check_tokens:

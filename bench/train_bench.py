@@ -8,25 +8,24 @@ r"""Training throughput: tokens/s and MFU of the jitted train step for a config 
 Feeds synthetic packed batches of the configured shape (data.batch_size x data.seq_len), so the
 number measures the step, not the input pipeline. MFU = tokens/s x model FLOPs per token
 (6 x matmul parameters + 12 x layers x width x seq_len, vision towers not counted) over the
-devices' dense bf16 peak (`janus_jax.metrics.PEAK_FLOPS`; CPU peak is a rough guess, override it
+devices' dense bf16 peak (`janus_jax.train.metrics.PEAK_FLOPS`; CPU peak is a rough guess, override it
 with --peak_tflops). The last line is `tokens_per_s=<x> mfu=<y>`.
 """
 
-import pathlib
 import sys
 import time
 
 from absl import app
 from absl import flags
 import jax
+from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from janus_jax import sharding
+from janus_jax.train import metrics
+from janus_jax.train import trainer
 
-import train  # noqa: E402  (the repo-root trainer)
-from janus_jax import metrics  # noqa: E402
-from janus_jax import sharding  # noqa: E402
-
-# --config (and --config.a.b=v overrides) is the flag train.py defines.
+config_flags.DEFINE_config_file("config", None, "Training config file (configs/train_*.py), "
+                                "with --config.a.b=v overrides as in train.py.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 untimed warm-up steps).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Per-device peak TFLOP/s (default: table).")
 
@@ -35,10 +34,10 @@ def main(argv):
   del argv
   config = flags.FLAGS.config
   config.data.source = "synthetic"
-  s = train.setup(config)
-  data = train.make_data(config, s.module)
+  s = trainer.setup(config)
+  data = trainer.make_data(config, s.module)
   batch = sharding.global_batch(next(data), s.mesh)
-  step = train.make_step(config, s, batch)
+  step = trainer.make_step(config, s, batch)
   state = s.init_state()
   for i in range(2):  # compile + one warm step
     state, m = step(state, batch, jax.random.key(i))
@@ -49,7 +48,7 @@ def main(argv):
   jax.block_until_ready((state, m))
   dt = (time.perf_counter() - t0) / _STEPS.value
   tokens = config.data.batch_size * config.data.seq_len
-  fpt = metrics.flops_per_token(s.abstract_state.params, train.llm_config(s.module),
+  fpt = metrics.flops_per_token(s.abstract_state.params, trainer.llm_config(s.module),
                                 config.data.seq_len)
   peak = (_PEAK.value * 1e12 if _PEAK.value else metrics.peak_flops()) * jax.device_count()
   tps = tokens / dt

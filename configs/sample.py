@@ -44,7 +44,9 @@ def get_config(arg=None):
   c.t2i.temperature = ml_collections.FieldReference(None, field_type=float)
   c.t2i.top_k = 0  # 0 = off
   c.t2i.top_p = 1.0  # 1 = off
-  c.t2i.image_size = 384  # pixels; image tokens = (image_size / 16)^2 = 576
+  # Pixels. None: the model's own (Janus: its image-token grid times the VQ's downsampling;
+  # JanusFlow: its latent size times the VAE's), 384 for every released model.
+  c.t2i.image_size = ml_collections.FieldReference(None, field_type=int)
   c.t2i.batch_prompts = 4  # prompts per compiled batch (rows = 2 x prompts x num_images)
   c.t2i.grid = True  # also write grid.png
   c.t2i.flow_cfg_weight = 2.0  # JanusFlow (README / demo default)

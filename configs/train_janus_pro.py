@@ -17,7 +17,7 @@ AdamW (0.9, 0.95), no weight decay, clip 1.0, constant LR after warm-up, packed 
 import ml_collections
 
 from configs import models
-from configs import train_common
+from janus_jax.train import config as train_config
 
 # Stage 1 trains only the newly attached parts; the VQ tokenizer is frozen in every stage.
 STAGES = {
@@ -41,7 +41,7 @@ def get_config(arg: str = "stage2") -> ml_collections.ConfigDict:
   s = STAGES[stage]
   model = models.get_config(f"janus_pro_{size}")
   model.remat_policy = "dots_no_batch" if size == "7b" else "none"
-  c = train_common.base(model)
+  c = train_config.base(model)
   c.total_steps = s["steps"][size]
   c.data.update(batch_size=s["batch"], seq_len=4096, ratios=s["ratios"])
   c.optim.update(lr=s["lr"], warmup_steps=s["warmup"], trainable=s["trainable"],

@@ -18,7 +18,7 @@ an intermediate LLM layer; which layer and weight are not published: `loss.repa_
 import ml_collections
 
 from configs import models
-from configs import train_common
+from janus_jax.train import config as train_config
 
 _NEW = (r"vision_und_enc_aligner/.*", r"beg_of_und_embed", r"vision_gen_enc_model/.*",
         r"vision_gen_enc_aligner/.*", r"vision_gen_dec_model/.*", r"vision_gen_dec_aligner/.*",
@@ -39,7 +39,7 @@ def get_config(arg: str = "stage2") -> ml_collections.ConfigDict:
   if arg not in STAGES:
     raise ValueError(f"train_janusflow arg {arg!r}: use stage1, stage2 or stage3")
   s = STAGES[arg]
-  c = train_common.base(models.get_config("janusflow_1_3b"))
+  c = train_config.base(models.get_config("janusflow_1_3b"))
   c.total_steps = s["steps"]
   c.data.update(batch_size=s["batch"], seq_len=4096, ratios=s["ratios"], kinds=("und", "flow"))
   c.optim.update(lr=s["lr"], warmup_steps=s["warmup"], trainable=s["trainable"],

@@ -15,14 +15,14 @@ model config (tests/train/test_train_cli.py does this on generated data):
 
 import ml_collections
 
-from configs import train_common
+from janus_jax.train import config as train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   family = arg or "janus"
   if family not in ("janus", "llm", "janusflow"):
     raise ValueError(f"train_tiny arg {family!r}: use janus, llm or janusflow")
-  c = train_common.base(ml_collections.ConfigDict(dict(
+  c = train_config.base(ml_collections.ConfigDict(dict(
       family=family, variant="tiny", dtype="float32", param_dtype="float32",
       remat_policy="none")))
   c.total_steps = 20

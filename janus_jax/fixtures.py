@@ -10,6 +10,8 @@ import pathlib
 
 import numpy as np
 
+from janus_jax import errors
+
 
 @dataclasses.dataclass
 class Case:
@@ -37,21 +39,21 @@ def _resolve(value, arrays, where):
   if isinstance(value, dict) and "array" in value:
     name = value["array"]
     if name not in arrays:
-      raise KeyError(f"{where}: array {name!r} is not in cases.npz")
+      raise errors.InputError(f"{where}: array {name!r} is not in cases.npz")
     arr = arrays[name]
     if list(arr.shape) != list(value.get("shape", arr.shape)):
-      raise ValueError(f"{where}: array {name!r} has shape {arr.shape}, fixture.json says "
+      raise errors.InputError(f"{where}: array {name!r} has shape {arr.shape}, fixture.json says "
                        f"{value['shape']}")
     return arr
   return value
 
 
 def load(root) -> Fixture:
-  """Loads a fixture directory; raises FileNotFoundError naming what is missing."""
+  """Loads a fixture directory; raises an `errors.InputError` naming what is missing."""
   root = pathlib.Path(root)
   for f in ("config.json", "fixture.json", "cases.npz"):
     if not (root / f).is_file():
-      raise FileNotFoundError(f"fixture directory {root} has no {f}")
+      raise errors.InputError(f"fixture directory {root} has no {f}")
   config = json.loads((root / "config.json").read_text())
   spec = json.loads((root / "fixture.json").read_text())
   with np.load(root / "cases.npz") as npz:

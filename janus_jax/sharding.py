@@ -165,15 +165,6 @@ def local_rows(global_size: int) -> slice:
   return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
-def to_host(tree) -> Any:
-  """Fully replicated numpy copy of a (possibly multi-host sharded) tree."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  if jax.process_count() == 1:
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
-
-
-
 def like_params(tree, params_shardings, mesh: jax.sharding.Mesh) -> Any:
   """Shardings for a tree holding copies of parameters (optimizer moments, EMA).
 

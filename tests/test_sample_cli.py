@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
-import sample
 from configs import sample as sample_config
+from janus_jax import errors
 from janus_jax import fixtures
 from janus_jax.convert import driver
 from janus_jax.data import preprocess
 from janus_jax.data import synthetic
-from janus_jax.models import layers
-from janus_jax.models import llama
+from janus_jax.sampling import loading
+import sample
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,6 @@ def config(ckpt, tmp_path, **t2i):
   cfg = sample_config.get_config()
   cfg.checkpoint = str(ckpt)
   cfg.out = str(tmp_path / "out")
-  cfg.t2i.image_size = 64  # the tiny VQ: 16 image tokens
   cfg.chat.max_new_tokens = 4
   cfg.t2i.update(t2i)
   return cfg
@@ -57,12 +56,13 @@ def test_t2i_command_line(ckpt, tmp_path):
   r = subprocess.run(
       [sys.executable, "sample.py", f"--checkpoint={ckpt}", "--prompt=a red cat",
        "--prompt=the big blue dog sits on the mat", "--num_images=2", "--seed=3", f"--out={out}",
-       "--config.t2i.image_size=64", "--top_k=50"],
+       "--top_k=50"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "wrote 4 images" in r.stdout
   names = sorted(p.name for p in out.iterdir())
   assert names == ["000_00.png", "000_01.png", "001_00.png", "001_01.png", "grid.png"]
+  # The model's own size, without a flag: its 16 image tokens (4 x 4) x the VQ's 16 pixels.
   assert Image.open(out / "000_01.png").size == (64, 64)
   grid = np.asarray(Image.open(out / "grid.png"))
   assert grid.shape == (128, 128, 3)
@@ -70,9 +70,9 @@ def test_t2i_command_line(ckpt, tmp_path):
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
-  monkeypatch.setattr(sample, "default_checkpoint", lambda: None)  # a build without the demo
+  monkeypatch.setattr(loading, "default_checkpoint", lambda: None)  # a build without the demo
   cfg = sample_config.get_config()
-  with pytest.raises(sample.UsageError, match="no --checkpoint given"):
+  with pytest.raises(errors.InputError, match="no --checkpoint given"):
     sample.run(cfg, sample.Request(prompts=["a cat"]))
 
 
@@ -88,10 +88,7 @@ def test_same_seed_same_images(ckpt, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path, monkeypatch):
-  # The tiny model is 64 wide: 32-column blocks make sample.py cut its kernels, as it cuts a
-  # real checkpoint's (> 512 columns) on CPU.
-  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)
+def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path):
   cfg = config(ckpt, tmp_path, num_images=2)
   req = sample.Request(prompts=["a red cat", "two dogs"])
   images = {}
@@ -105,21 +102,16 @@ def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
   # The loaded LLM layers are split, each slice sharded as its stacked parent minus the layer
-  # axis (q_proj is (L, D, N, H): FSDP on D, tensor on N), and cut into blocks of 2 heads.
+  # axis, and q/k/v stacked along a new axis (qkv_proj (D, 3, N, H): FSDP on D, tensor on N).
   mesh = sample.sharding.make_mesh((2, 2, 2))
-  rules_ = sample.sharding.rules_from_config(None)
-  _, _, params, _ = sample.load_model(ckpt, cfg, mesh, rules_)
+  params = loading.load(ckpt, dtype="float32", mesh=mesh).params
   decoder_layers = params["language_model"]["model"]["layers"]
   assert isinstance(decoder_layers, tuple) and len(decoder_layers) > 1
-  q = decoder_layers[1]["self_attn"]["q_proj"]
-  assert isinstance(q, layers.Blocks) and [p.shape[1] for p in q.parts] == [2, 2]
-  for part in q.parts:
-    assert tuple(part.sharding.spec)[:2] == ("fsdp", "tensor"), part.sharding.spec
-  assert len(params["gen_head"]["vision_head"]["kernel"].parts) == 8  # 256 codes
+  qkv = decoder_layers[1]["self_attn"]["qkv_proj"]
+  assert tuple(qkv.sharding.spec)[:3] == ("fsdp", None, "tensor"), qkv.sharding.spec
 
 
-def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)  # chat on cut kernels too
+def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys):
   cmyk = save(tmp_path / "cmyk.jpg", rgb(40, 30).convert("CMYK"))
   grey16 = save(tmp_path / "grey16.png",
                 Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)))
@@ -156,14 +148,14 @@ def test_bad_images_are_refused_by_name(ckpt, tmp_path, kind):
 
 def test_bad_prompts(ckpt, tmp_path):
   cfg = config(ckpt, tmp_path)
-  with pytest.raises(sample.UsageError, match="prompt 1 is empty"):
+  with pytest.raises(errors.InputError, match="prompt 1 is empty"):
     sample.run(cfg, sample.Request(prompts=["a cat", "   "]))
   with pytest.raises(ValueError, match="prompt 0 has .* tokens; at most 496 fit"):
     sample.run(cfg, sample.Request(prompts=["the red cat " * 200]))
   cfg.t2i.image_size = 384  # 576 image tokens > the tiny model's 512 positions
   with pytest.raises(ValueError, match="576 image tokens per image do not fit"):
     sample.run(cfg, sample.Request(prompts=["a cat"]))
-  with pytest.raises(sample.UsageError, match="nothing to do"):
+  with pytest.raises(errors.InputError, match="nothing to do"):
     sample.run(cfg, sample.Request())
 
 
@@ -173,7 +165,7 @@ def test_missing_tokenizer(ckpt, tmp_path):
   meta = json.loads((bare / "config.json").read_text())
   meta["source"] = str(tmp_path / "nowhere")
   (bare / "config.json").write_text(json.dumps(meta))
-  with pytest.raises(sample.UsageError, match="missing tokenizer file.*bare/tokenizer.json"):
+  with pytest.raises(errors.InputError, match="missing tokenizer file.*bare/tokenizer.json"):
     sample.run(config(bare, tmp_path), sample.Request(prompts=["a cat"]))
 
 
@@ -181,17 +173,15 @@ def test_wrong_family_and_not_a_checkpoint(ckpt, tmp_path):
   vae = tmp_path / "vae_ckpt"
   (vae / "params").mkdir(parents=True)
   (vae / "config.json").write_text(json.dumps({"family": "vae", "config": {}}))
-  with pytest.raises(sample.UsageError, match="holds a 'vae' checkpoint"):
+  with pytest.raises(errors.InputError, match="holds a 'vae' checkpoint"):
     sample.run(config(vae, tmp_path), sample.Request(prompts=["a cat"]))
-  with pytest.raises(sample.UsageError, match="has no config.json"):
+  with pytest.raises(errors.InputError, match="has no config.json"):
     sample.run(config(tmp_path, tmp_path), sample.Request(prompts=["a cat"]))
-  with pytest.raises(sample.UsageError, match="does not exist"):
+  with pytest.raises(errors.InputError, match="does not exist"):
     sample.run(config(tmp_path / "nope", tmp_path), sample.Request(prompts=["a cat"]))
 
 
-def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path,
-                                                                monkeypatch):
-  monkeypatch.setattr(llama, "CPU_BLOCK_COLUMNS", 32)  # the flow sampler on cut kernels
+def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path):
   fx = fixtures.load(fixtures_dir / "janusflow_tiny")
   ckpt = tmp_path / "janusflow_tiny"
   driver.convert(fx.root, ckpt, extra=fx.extra, progress=False, log=lambda *a: None)
@@ -204,5 +194,5 @@ def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, t
   img = np.asarray(Image.open(tmp_path / "out" / "000_01.png"))
   assert img.shape == (64, 64, 3) and img.std() > 0
   cfg.t2i.image_size = 60
-  with pytest.raises(sample.UsageError, match="not a multiple of the VAE's downsampling 8"):
+  with pytest.raises(errors.InputError, match="not a multiple of the VAE's downsampling 8"):
     sample.run(cfg, sample.Request(prompts=["a red cat"]))

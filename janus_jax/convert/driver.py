@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from janus_jax import errors
 from janus_jax.convert import rules
 
 FAMILIES = ("janus", "janus_hf", "janusflow", "vae")  # janus_jax.convert modules, detection order
@@ -45,7 +46,7 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _DTYPES = ("bfloat16", "float32", "float16")  # choices of --dtype
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.InputError):
   """The checkpoint directory or one of its files cannot be read; names the file."""
 
 
@@ -71,6 +72,7 @@ def _torch_to_numpy(t) -> np.ndarray:
 def _load_bin(path: pathlib.Path) -> dict:
   """State dict of a `.bin`, memory-mapped when possible, never executing pickled code."""
   import pickle  # pylint: disable=g-import-not-at-top
+
   import torch  # pylint: disable=g-import-not-at-top
   try:
     try:
@@ -116,8 +118,10 @@ class Checkpoint:
       raise CheckpointError(f"{cfg}: missing (a checkpoint directory needs its config.json)")
     try:
       self.config = json.loads(cfg.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
       raise CheckpointError(f"{cfg}: not valid JSON: {e}") from None
+    if not isinstance(self.config, dict):
+      raise CheckpointError(f"{cfg}: expected a JSON object, got a {type(self.config).__name__}")
     self.files = self._weight_files()
     self.tensors: dict[str, TensorInfo] = {}
     for f in self.files:
@@ -369,6 +373,20 @@ SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.jso
               "processor_config.json", "preprocessor_config.json")
 
 
+def model_config(fam, ckpt: Checkpoint, extra: dict | None = None):
+  """`fam.config_from` on the checkpoint's config.json and tensor shapes. A config.json it
+  cannot read (a missing key, an unknown SigLIP preset, ...) is a CheckpointError naming it."""
+  shapes = {k: v.shape for k, v in ckpt.tensors.items()}
+  try:
+    return fam.config_from(ckpt.config, shapes, extra)
+  except errors.InputError:
+    raise
+  except (KeyError, TypeError, ValueError, AttributeError) as e:
+    what = f"no key {e}" if isinstance(e, KeyError) else str(e)
+    raise CheckpointError(f"{ckpt.root / 'config.json'}: {what} (give sizes config.json "
+                          "cannot express with --extra, a JSON of presets)") from None
+
+
 def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = False,
             family: str | types.ModuleType | None = None, extra: dict | None = None,
             chunk_bytes: int = 256 << 20, progress: bool = True, log=print) -> Summary:
@@ -405,7 +423,7 @@ def convert(ckpt_dir, out_dir, *, dtype: str | None = None, overwrite: bool = Fa
   log(f"family: {name} [{LAYOUTS.get(name, 'custom')}] ({len(ckpt.tensors)} tensors in "
       f"{len(ckpt.files)} file(s))")
   shapes = {k: v.shape for k, v in ckpt.tensors.items()}
-  config = fam.config_from(ckpt.config, shapes, extra)
+  config = model_config(fam, ckpt, extra)
   expected = abstract_params(fam, config)
   plan = rules.plan(fam.RULES, shapes, expected, fam.SKIP)
 

@@ -27,6 +27,8 @@ from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
+from janus_jax import errors
+
 
 def _linear(w):
   return w.T
@@ -121,7 +123,7 @@ def unflatten(flat: Mapping[tuple[str, ...], object]) -> dict:
   return tree
 
 
-class ConversionError(ValueError):
+class ConversionError(errors.InputError):
   """A checkpoint does not match the model: lists every offending key."""
 
 

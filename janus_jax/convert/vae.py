@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from janus_jax import errors
 from janus_jax.convert import rules
 from janus_jax.models import vae
 
@@ -80,7 +81,7 @@ def config_from(config_json: dict, tensor_shapes: dict, extra: dict | None = Non
          for key, axis, want, what in checks
          if key in tensor_shapes and tuple(tensor_shapes[key])[axis] != want]
   if bad:
-    raise ValueError("VAE config.json disagrees with its weights:\n  " + "\n  ".join(bad))
+    raise errors.InputError("VAE config.json disagrees with its weights:\n  " + "\n  ".join(bad))
   return cfg
 
 
@@ -99,7 +100,7 @@ def abstract_params(config: vae.Config, dtype=jnp.float32, param_dtype=jnp.float
 def check_latent_channels(config: vae.Config, latent_channels: int, where: str = "the model"):
   """Raises if the VAE's latent channels differ from what the flow model generates."""
   if config.latent_channels != latent_channels:
-    raise ValueError(f"VAE latent_channels={config.latent_channels} does not match "
+    raise errors.InputError(f"VAE latent_channels={config.latent_channels} does not match "
                      f"{where}'s latent channels {latent_channels}: this VAE folder does not "
                      "belong to this checkpoint")
 
@@ -109,7 +110,7 @@ def read_folder(folder) -> tuple[dict, dict]:
   folder = pathlib.Path(folder)
   cfg_path = folder / "config.json"
   if not cfg_path.is_file():
-    raise FileNotFoundError(f"{folder} is not a diffusers VAE folder: no config.json")
+    raise errors.InputError(f"{folder} is not a diffusers VAE folder: no config.json")
   config_json = json.loads(cfg_path.read_text())
   st = folder / "diffusion_pytorch_model.safetensors"
   if st.is_file():
@@ -120,7 +121,7 @@ def read_folder(folder) -> tuple[dict, dict]:
     import torch  # pylint: disable=import-outside-toplevel
     sd = torch.load(str(bin_path), map_location="cpu", weights_only=True)
     return config_json, {k: v.float().numpy() for k, v in sd.items()}
-  raise FileNotFoundError(f"{folder} has no diffusion_pytorch_model.safetensors or .bin")
+  raise errors.InputError(f"{folder} has no diffusion_pytorch_model.safetensors or .bin")
 
 
 def load(folder, *, latent_channels: int | None = None, param_dtype=jnp.float32):

@@ -1,4 +1,8 @@
-"""TFDS dataset builders (no TensorFlow) and readers producing the pipeline's raw records.
+r"""TFDS dataset builders (no TensorFlow) and readers producing the pipeline's raw records.
+
+  python -m janus_jax.data.builders conversations /data/raw/chat.jsonl --data_dir /data/tfds
+  python -m janus_jax.data.builders text /data/raw/docs.jsonl --data_dir /data/tfds
+  python -m janus_jax.data.builders captions /data/raw/images --data_dir /data/tfds
 
 TensorFlow is not a dependency: builders write `array_record` files and use only features whose
 numpy path works without TF (TFDS's `Image` feature encodes with TF, so images are stored as their
@@ -21,15 +25,20 @@ Raw records handed to the pipeline (after `read_*`):
                                              "key": str (optional)}
 """
 
+import argparse
 import inspect
 import json
 import logging
 import os
+import sys
 from typing import Any, Callable
 
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+
+from janus_jax import cli
+from janus_jax import errors
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _BYTES = dict(shape=(), dtype=np.object_)
@@ -162,7 +171,10 @@ class PlainText(_LocalBuilder):
 
 def prepare(builder_cls, source: str, data_dir: str) -> None:
   """Prepares `source` into `data_dir/<builder name>/1.0.0` (a no-op once done)."""
+  if not os.path.exists(source):
+    raise errors.InputError(f"{builder_cls.name}: source {source} does not exist")
   builder_cls(source=source, data_dir=data_dir).download_and_prepare()
+
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,3 +255,30 @@ def read_labelled_as_captions(name: str, data_dir: str | None = None, split: str
   src = data_source(name, data_dir, split)
   names = tfds.builder(name, data_dir=data_dir).info.features[label_key].names
   return MapSource(src, _LabelCaption(names, image_key, label_key))
+
+
+# The command line's kinds -> builders (the datasets the trainer's config.data names).
+KINDS = {"conversations": Conversations, "text": PlainText, "captions": ImageCaptions}
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(
+      description="Prepares local data as a TFDS dataset (array_record, no TensorFlow) under "
+                  "--data_dir, where the trainer (config.data.und / text) and tokenize_images "
+                  "(captions) read it.")
+  ap.add_argument("kind", choices=sorted(KINDS),
+                  help="conversations: JSONL {images, messages}; text: JSONL {text} or .txt; "
+                       "captions: a folder of images with same-stem .txt captions, or JSONL "
+                       "{image, caption}")
+  ap.add_argument("source", help="the JSONL / text file or image folder")
+  ap.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
+  args = ap.parse_args(argv)
+  cli.quiet_logs()
+  builder = KINDS[args.kind]
+  prepare(builder, args.source, args.data_dir)
+  print(f"prepared {builder.name} from {args.source} under {args.data_dir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(cli.guarded(main)())

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from janus_jax import errors
 from janus_jax.data import tokenizer as tokenizer_lib
 
 SYSTEM_PROMPT = (
@@ -42,7 +43,7 @@ def roles(family: str) -> Roles:
     return Roles("<|User|>", "<|Assistant|>")
   if family in ("janus", "janusflow"):
     return Roles("User", "Assistant")
-  raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+  raise errors.InputError(f"unknown model family {family!r}; expected one of {FAMILIES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +94,7 @@ def checkpoint_system_prompt(meta: dict) -> str:
   "system_prompt" when present (the shapes demo trains with none), else the reference's."""
   value = meta.get("system_prompt", SYSTEM_PROMPT)
   if not isinstance(value, str):
-    raise ValueError(f"config.json system_prompt must be a string, got {value!r}")
+    raise errors.InputError(f"config.json system_prompt must be a string, got {value!r}")
   return value
 
 

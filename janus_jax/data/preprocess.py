@@ -21,13 +21,15 @@ import os
 import numpy as np
 from PIL import Image
 
+from janus_jax import errors
+
 # The inception constants every released Janus preprocessor_config.json uses.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 MIN_SIDE = 2  # a 1-pixel-wide image carries no content; reject rather than stretch it
 
 
-class BadImageError(ValueError):
+class BadImageError(errors.InputError):
   """An image that cannot be used; the message names the file and the reason."""
 
 

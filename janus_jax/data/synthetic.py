@@ -10,8 +10,8 @@ import json
 import os
 
 import numpy as np
-import tokenizers
 from PIL import Image
+import tokenizers
 
 from janus_jax.data import chat
 from janus_jax.data import tokenizer as tokenizer_lib

@@ -17,6 +17,8 @@ from typing import Sequence
 import numpy as np
 import tokenizers
 
+from janus_jax import errors
+
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
 PAD = "<｜▁pad▁｜>"
@@ -53,7 +55,7 @@ class Tokenizer:
     vocab = tok.get_vocab(with_added_tokens=True)
     missing = [text for text in REQUIRED.values() if text not in vocab]
     if missing:
-      raise ValueError(f"tokenizer {source} lacks required special token(s) {missing}")
+      raise errors.InputError(f"tokenizer {source} lacks required special token(s) {missing}")
     self.special = SpecialIds(
         **{name: int(vocab[text]) for name, text in REQUIRED.items()}, bog=vocab.get(BOG))
     self.vocab_size = tok.get_vocab_size(with_added_tokens=True)
@@ -64,11 +66,11 @@ class Tokenizer:
     if os.path.isdir(path):
       path = os.path.join(path, "tokenizer.json")
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"tokenizer file not found: {path} (expected a HF tokenizer.json)")
+      raise errors.InputError(f"tokenizer file not found: {path} (expected a HF tokenizer.json)")
     try:
       tok = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises bare Exception subclasses on malformed JSON
-      raise ValueError(f"could not parse tokenizer file {path}: {e}") from e
+      raise errors.InputError(f"could not parse tokenizer file {path}: {e}") from e
     return cls(tok, source=path)
 
   def __getstate__(self):

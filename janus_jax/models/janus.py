@@ -45,9 +45,7 @@ class Config:
         "gen_head.n_embed": (self.gen_head.n_embed, d),
         "gen_head.image_token_size": (self.gen_head.image_token_size, self.image_token_size),
     }
-    bad = [f"{k}={got} (expected {want})" for k, (got, want) in checks.items() if got != want]
-    if bad:
-      raise ValueError("inconsistent Janus config: " + ", ".join(bad))
+    check_consistent("Janus", checks)
 
   @property
   def image_tokens(self) -> int:
@@ -94,6 +92,14 @@ class Config:
         image_token_size=gen["image_token_size"],
         gen_embed_dim=gen["n_embed"],
     )
+
+
+def check_consistent(model_name: str, checks: dict) -> None:
+  """Raises ValueError listing every size of `checks` ({name: (got, expected)}) that disagrees:
+  the composite configs' check that their parts fit together."""
+  bad = [f"{k}={got} (expected {want})" for k, (got, want) in checks.items() if got != want]
+  if bad:
+    raise ValueError(f"inconsistent {model_name} config: " + ", ".join(bad))
 
 
 def _variant(llm_variant: str, d: int, vq_variant: str = "vq16") -> Config:

@@ -49,9 +49,7 @@ class Config:
                                                                self.encoder.channels),
         "vision_gen_dec out_channels": (self.decoder.out_channels, self.latent_channels),
     }
-    bad = [f"{k}={got} (expected {want})" for k, (got, want) in checks.items() if got != want]
-    if bad:
-      raise ValueError("inconsistent JanusFlow config: " + ", ".join(bad))
+    janus.check_consistent("JanusFlow", checks)
 
   @property
   def latent_channels(self) -> int:

@@ -6,23 +6,23 @@ K key/value heads, G = N // K query heads per KV head, H head dim, F FFN width, 
 Parameter paths mirror the checkpoint (`language_model.model.layers.N.self_attn.q_proj.weight`
 -> `model/layers/self_attn/q_proj/kernel`), except that the L decoder layers are one `nn.scan`
 with a leading `layers` axis, and projection kernels keep their head axes: q (D, N, H),
-k/v (D, K, H), o (N, H, D). Laid out for decoding off the CPU (`decode_layout`), a split layer
-holds `self_attn/qkv_proj` (D, 3, N, H) and `mlp/gate_up_proj` (D, 2, F) instead.
+k/v (D, K, H), o (N, H, D).
 
 Positions are always supplied by the caller (plain `0..T-1`, a cache offset, or
 `cumsum(mask) - 1` for left-padded prompts, as HF `generate` does). Masking is by *slot*: query
 slot i may see key slot j <= i whose token is valid and, when segment ids are given, in the same
 segment. The KV cache is an explicit pytree with a fixed capacity (one buffer pair per layer);
 every row writes the same slots, which left padding makes possible. Training runs the layers as
-the `nn.scan`; cached decoding runs them one by one, best on parameters split per layer and, on
-CPU, with kernels packed for the CPU decode product (`layers.Panels`, `cpu_kernels`; column
-blocks where it cannot be built), elsewhere with q/k/v and gate/up stacked (`decode_layout`),
-and grows its cache in stages (`segment_capacities`, `grow_cache`).
+the `nn.scan`; cached decoding runs them one by one, on parameters split per layer
+(`split_layers`), and grows its cache in stages (`segment_capacities`, `grow_cache`). A split
+layer may hold its q/k/v kernels stacked as one `self_attn/qkv_proj` (D, 3, N, H) and its
+gate/up kernels as one `mlp/gate_up_proj` (D, 2, F), one product each
+(`janus_jax.sampling.decode_layout` lays parameters out so for decoding).
 """
 
+from collections.abc import Mapping
 import dataclasses
 import functools
-from collections.abc import Mapping
 from typing import Any
 
 import flax
@@ -30,7 +30,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from janus_jax.models import cpu_kernels
 from janus_jax.models import layers
 
 Dtype = Any
@@ -256,10 +255,10 @@ class Attention(nn.Module):
     c = self.config
     d, n, k_, h = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     init = nn.initializers.lecun_normal()
-    mk = lambda name, shape, axes: layers.param(  # noqa: E731  (may be `layers.Blocks`)
+    mk = lambda name, shape, axes: layers.kernel(  # noqa: E731
         self, name, nn.with_logical_partitioning(init, axes), shape, self.param_dtype)
     x = x.astype(self.dtype)
-    if self.has_variable("params", "qkv_proj"):  # stacked by `fuse_projections`: one product
+    if self.has_variable("params", "qkv_proj"):  # stacked for decoding: one product
       wqkv = mk("qkv_proj", (d, 3, n, h), ("embed", None, "heads", "head_dim"))
       q, k, v = layers.einsum("BTD,DCNH->CBTNH", x, wqkv.astype(self.dtype))
     else:
@@ -302,10 +301,10 @@ class Mlp(nn.Module):
   def __call__(self, x):
     c = self.config
     kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
-    if self.has_variable("params", "gate_up_proj"):  # stacked by `fuse_projections`
-      w = self.param("gate_up_proj", nn.initializers.zeros_init(),  # shape-checked, never made
-                     (x.shape[-1], 2, c.intermediate_size), self.param_dtype)
-      gate, up = jnp.einsum("BTD,DCF->CBTF", x.astype(self.dtype), w.astype(self.dtype))
+    if self.has_variable("params", "gate_up_proj"):  # stacked for decoding: one product
+      w = layers.kernel(self, "gate_up_proj", nn.initializers.zeros_init(),  # never made here
+                        (x.shape[-1], 2, c.intermediate_size), self.param_dtype)
+      gate, up = layers.einsum("BTD,DCF->CBTF", x.astype(self.dtype), w.astype(self.dtype))
     else:
       gate = layers.dense(c.intermediate_size, ("embed", "mlp"), name="gate_proj", **kw)(x)
       up = layers.dense(c.intermediate_size, ("embed", "mlp"), name="up_proj", **kw)(x)
@@ -449,109 +448,6 @@ def split_layers(params, take=None):
     out["layers"] = tuple(treedef.unflatten([c[i] for c in columns])
                           for i in range(len(columns[0])))
   return out
-
-
-# Output columns per kernel block when decoding on CPU (`layers.block_kernels`): the best of
-# 128-768 for 8-row products on the bench config (bench/README.md, session 15).
-CPU_BLOCK_COLUMNS = 512
-
-
-def fuse_projections(params, free: bool = False):
-  """`params` with each split decoder layer's q/k/v and gate/up kernels stacked, one each.
-
-  In every decoder whose layers are split (`split_layers`), a layer's `self_attn` q/k/v kernels
-  (D, N, H) become one `qkv_proj` (D, 3, N, H) when all three have N heads (every Janus model;
-  grouped-query layers keep theirs), and its `mlp` gate/up kernels (D, F) one `gate_up_proj`
-  (D, 2, F). `Attention` and `Mlp` then run one product where they ran three and two: on an
-  H200 the 7B decode step took 4.6% less time (bench/README.md, session 17). The stacking axis is
-  new, so a kernel sharded over heads or FFN columns stays sharded the same way, and each
-  output is the same dot product as before (equal up to the rounding of the kernel XLA picks
-  for the larger product). Kernels in column `Blocks` and layers already fused stay as they
-  are. `free` deletes each original once stacked (outside `jit`).
-  """
-  if not isinstance(params, Mapping):
-    return params
-  out = {k: fuse_projections(v, free) for k, v in params.items()}
-  layers_ = params.get("layers")
-  if "embed_tokens" in params and isinstance(layers_, (tuple, list)):
-    out["layers"] = tuple(_fuse_layer(layer, free) for layer in layers_)
-  return out
-
-
-def _fuse_layer(layer, free: bool):
-  out = dict(layer)
-  attn, mlp = dict(layer["self_attn"]), dict(layer["mlp"])
-  qkv = [attn.get(n) for n in ("q_proj", "k_proj", "v_proj")]
-  if all(layers.is_array(w) for w in qkv) and qkv[0].shape == qkv[1].shape == qkv[2].shape:
-    for n in ("q_proj", "k_proj", "v_proj"):
-      del attn[n]
-    out["self_attn"] = {**attn, "qkv_proj": _stack(qkv, free)}
-  gate_up = [mlp[n]["kernel"] for n in ("gate_proj", "up_proj") if n in mlp]
-  if len(gate_up) == 2 and all(layers.is_array(w) for w in gate_up):
-    del mlp["gate_proj"], mlp["up_proj"]
-    out["mlp"] = {**mlp, "gate_up_proj": _stack(gate_up, free)}
-  return out
-
-
-@functools.lru_cache(maxsize=None)
-def _stack_into(sharding: jax.sharding.NamedSharding):
-  """A jitted stack along axis 1 with its output placed by `sharding` (one per sharding, so
-  every layer of a model reuses one compiled program per kernel shape)."""
-  return jax.jit(lambda kernels: jnp.stack(kernels, axis=1), out_shardings=sharding)
-
-
-def _stack(kernels, free: bool):
-  """`kernels` stacked along a new axis 1; placed kernels keep their sharding on every other."""
-  sharding = getattr(kernels[0], "sharding", None)
-  if isinstance(sharding, jax.sharding.NamedSharding) and not isinstance(kernels[0],
-                                                                         jax.core.Tracer):
-    spec = tuple(sharding.spec) + (None,) * (kernels[0].ndim - len(sharding.spec))
-    out = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-        spec[0], None, *spec[1:]))
-    stacked = _stack_into(out)(list(kernels))
-  else:
-    stacked = jnp.stack(kernels, axis=1)
-  if free:
-    layers.free_replaced(kernels, stacked)
-  return stacked
-
-
-def decode_layout(params, block_columns: int | None = None, take=None, free: bool = False,
-                  fuse: bool | None = None, panels: bool | None = None, dtype=None):
-  """`params` laid out for decoding: layers split (`split_layers`), then on CPU kernels packed
-  for the CPU decode product (`layers.panel_kernels`) or in column blocks
-  (`layers.block_kernels`), elsewhere q/k/v and gate/up stacked (`fuse_projections`).
-
-  `panels` None: when the default backend is the CPU, `block_columns` is None, the CPU
-  product builds (`cpu_kernels.available`) and `dtype` (the dtype the model computes in; None:
-  the kernels' own) is float32, the only one it multiplies: a float32 kernel packed for a
-  bfloat16 product would be multiplied by XLA over the panels, slower than over blocks. True
-  requires the CPU product. Kernels that cannot be packed (placed across devices, not
-  float32) are then cut into blocks. `block_columns` None:
-  `CPU_BLOCK_COLUMNS` when the default backend is the CPU, else 0 (no blocks: GPU and TPU
-  products read row-major kernels at full speed). `fuse` None: when the default backend is not
-  the CPU (there the panels or blocks already make each product stream, and stacked kernels
-  would be neither packed nor cut). Idempotent. `take` is `split_layers`'s; `free` deletes each
-  original kernel once packed, cut or stacked.
-  """
-  on_cpu = jax.default_backend() == "cpu"
-  dtype = None if dtype is None else jnp.dtype(dtype)  # anything else: a TypeError naming it
-  if panels is None:
-    panels = (on_cpu and block_columns is None and cpu_kernels.available()
-              and dtype in (None, jnp.float32))
-  elif panels and not cpu_kernels.available():
-    raise RuntimeError("decode_layout(panels=True): the CPU panel product is unavailable: "
-                       + cpu_kernels.unavailable_reason())
-  if block_columns is None:
-    block_columns = CPU_BLOCK_COLUMNS if on_cpu else 0
-  if fuse is None:
-    fuse = not on_cpu
-  params = split_layers(params, take)
-  if fuse:
-    params = fuse_projections(params, free)
-  if panels:
-    params = layers.panel_kernels(params, cpu_kernels.panel_columns(), free)
-  return layers.block_kernels(params, block_columns, free)
 
 
 class Model(nn.Module):

@@ -50,8 +50,7 @@ class Config:
     """Sizes of a named reference preset; `presets` (e.g. a fixture's `extra.siglip`) wins."""
     table = {**PRESETS, **(presets or {})}
     if model_name not in table:
-      raise ValueError(f"unknown SigLIP model_name {model_name!r}; known: {sorted(table)} "
-                       "(pass its sizes as a preset)")
+      raise ValueError(f"unknown SigLIP model_name {model_name!r}; known: {sorted(table)}")
     p = table[model_name]
     return cls(image_size=image_size or p["image_size"], patch_size=p["patch_size"],
                width=p["width"], depth=p["layers"], heads=p["heads"],

@@ -1,15 +1,20 @@
-"""`python -m janus_jax.parity FIXTURE_DIR`: see `janus_jax.parity`."""
+"""`python -m janus_jax.parity FIXTURE_DIR`: every case of a reference fixture, one line each."""
 
+import argparse
 import sys
 
+from janus_jax import cli
 from janus_jax import parity
 
 
-def main(argv):
-  if len(argv) != 2:
-    print("usage: python -m janus_jax.parity FIXTURE_DIR", file=sys.stderr)
-    return 2
-  results = parity.run(argv[1])
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(
+      prog="python -m janus_jax.parity",
+      description="Runs every case of a reference fixture (outputs of the original DeepSeek "
+                  "PyTorch code) through janus-jax and compares at the fixture's tolerances.")
+  ap.add_argument("fixture_dir", help="a fixture directory, e.g. ../shared/fixtures/janus_tiny")
+  args = ap.parse_args(argv)
+  results = parity.run(args.fixture_dir)
   for r in results:
     print(f"{r.case}: {'PASS' if r.passed else 'FAIL'} {r.detail}")
   passed = sum(r.passed for r in results)
@@ -18,4 +23,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv))
+  sys.exit(cli.guarded(main)())

@@ -20,16 +20,18 @@ real tokens, so every row computes what it would compute alone.
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from janus_jax import errors
 from janus_jax import sharding
 from janus_jax.models import janus
 from janus_jax.models import llama
+from janus_jax.sampling import decode_layout
 from janus_jax.sampling import samplers
-
 
 REFERENCE_CFG_WEIGHT = 5.0  # the reference's guidance for Janus / Janus-Pro
 REFERENCE_TEMPERATURE = 1.0  # and its image-token temperature
@@ -39,7 +41,7 @@ def check_setting(value, name: str) -> float:
   """`value` as a float if it can be a guidance weight or a temperature (a number >= 0, not a
   bool); otherwise a ValueError that names it `name` (e.g. "config.json sampling.cfg_weight")."""
   if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-    raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    raise errors.InputError(f"{name} must be a number >= 0, got {value!r}")
   return float(value)
 
 
@@ -75,24 +77,29 @@ class PromptBatch:
   guided: bool
 
 
+def require_model(model, config_type, needs: str, instead: str) -> None:
+  """Raises a TypeError unless `model`'s config is a `config_type`: "`needs`; got ... (`instead`)"."""
+  cfg = getattr(model, "config", None)
+  if not isinstance(cfg, config_type):
+    raise TypeError(f"{needs}; got {type(model).__name__} with config {type(cfg).__name__} "
+                    f"({instead})")
+
+
 def check_model(model) -> None:
   """Raises a clear error unless `model` is a Janus / Janus-Pro model (VQ-token generation)."""
-  cfg = getattr(model, "config", None)
-  if not isinstance(cfg, janus.Config):
-    raise TypeError(f"autoregressive image generation needs a janus.Model; got "
-                    f"{type(model).__name__} with config {type(cfg).__name__} (JanusFlow "
-                    "checkpoints generate with janus_jax.sampling.image_flow)")
+  require_model(model, janus.Config, "autoregressive image generation needs a janus.Model",
+                "JanusFlow checkpoints generate with janus_jax.sampling.image_flow")
 
 
 def check_prompts(prompt_ids, max_len: int | None = None) -> None:
   """Raises ValueError naming the prompt that is empty or longer than `max_len` tokens."""
   if not prompt_ids:
-    raise ValueError("no prompts given")
+    raise errors.InputError("no prompts given")
   for i, ids in enumerate(prompt_ids):
     if len(ids) == 0:
-      raise ValueError(f"prompt {i} is empty (no tokens)")
+      raise errors.InputError(f"prompt {i} is empty (no tokens)")
     if max_len is not None and len(ids) > max_len:
-      raise ValueError(f"prompt {i} has {len(ids)} tokens; at most {max_len} fit in the context "
+      raise errors.InputError(f"prompt {i} has {len(ids)} tokens; at most {max_len} fit in the context "
                        f"next to the image tokens")
 
 
@@ -110,7 +117,7 @@ def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True,
   """
   check_prompts(prompt_ids)
   if num_images < 1:
-    raise ValueError(f"num_images must be >= 1, got {num_images}")
+    raise errors.InputError(f"num_images must be >= 1, got {num_images}")
   t = -(-max(len(ids) for ids in prompt_ids) // length_multiple) * length_multiple
   copies = 2 if guided else 1
   r = len(prompt_ids) * num_images * copies
@@ -137,7 +144,8 @@ def put_rows(mesh, *arrays):
   return tuple(jax.device_put(x, sharding.batch_sharding(mesh, x.ndim)) for x in arrays)
 
 
-def _call(model, params, method, *args, **kw):
+def call(model, params, method: str, *args, **kw):
+  """`model.apply` of one named method on `params` (the samplers' calls into the model)."""
   return model.apply({"params": params}, *args, method=method, **kw)
 
 
@@ -150,7 +158,7 @@ def guide(logits: jax.Array, cfg_weight) -> jax.Array:
 
 # XLA:CPU hands float32 dots to YNNPACK by default (jaxlib 0.10). For the decode loops' products
 # of a few rows by wide weights its own Eigen dots were faster on the bench host (a whole image
-# step 40 -> 31 ms, bench/README.md session 15), so the decode loops compile without YNN dots.
+# step 40 -> 31 ms, docs/performance.md), so the decode loops compile without YNN dots.
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
@@ -186,10 +194,10 @@ def decode_jit(**jit_kwargs):
 
 
 @decode_jit(static_argnames=("model", "sampler", "num_tokens", "guided", "return_logits",
-                             "segments", "block_columns"))
+                             "segments"))
 def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sampler,
                  num_tokens: int, guided: bool = True, return_logits: bool = False,
-                 segments: int = 8, block_columns: int | None = None):
+                 segments: int = 8):
   """Prefills the prompts and samples `num_tokens` image codes per image.
 
   Args:
@@ -203,29 +211,25 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     return_logits: also return the per-step (guided) logits.
     segments: the steps run as this many loops over a growing cache
       (`llama.segment_capacities`): more read less of the cache per step and compile longer.
-    block_columns: kernel block width for the decode loop (`llama.decode_layout`; None: by
-      backend, which on the CPU packs a float32 model's kernels for the CPU decode product and
-      elsewhere stacks q/k/v and gate/up). Parameters already laid out (as `sample.py` does
-      at load) are used as given.
   Returns:
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
   if num_tokens < 1 or segments < 1:
-    raise ValueError(f"num_tokens and segments must be >= 1, got {num_tokens} and {segments}")
-  params = llama.decode_layout(params, block_columns, dtype=model.dtype)  # once, before the loops
+    raise errors.InputError(f"num_tokens and segments must be >= 1, got {num_tokens} and {segments}")
+  params = decode_layout.decode_layout(params, dtype=model.dtype)  # once, before the loops
   r, t = tokens.shape
   b = r // 2 if guided else r
   # P - 1 LLM steps after the prefill; the code drawn last is never fed back (as the reference).
   # Step i writes slot t + i.
   sizes = llama.segment_capacities(t, t + num_tokens - 1, segments) if num_tokens > 1 else [t]
   cache = llama.init_cache(model.config.llm, r, sizes[0], model.dtype)
-  out = _call(model, params, "llm", _call(model, params, "embed_text", tokens), positions,
+  out = call(model, params, "llm", call(model, params, "embed_text", tokens), positions,
               attn_mask=mask, cache=cache)
   next_pos = positions[:, -1:] + 1  # (R, 1): where each row's first image token goes
   ones = jnp.ones((r, 1), bool)
 
   def pick(i, hidden, codes, logits_out):
-    logits = _call(model, params, "gen_logits", hidden)[:, 0]  # (R, 1, D) -> (R, V)
+    logits = call(model, params, "gen_logits", hidden)[:, 0]  # (R, 1, D) -> (R, V)
     logits = guide(logits, cfg_weight) if guided else logits.astype(jnp.float32)
     code = sampler.get_next_tokens(logits, jax.random.fold_in(rng, i))  # (B,)
     codes = codes.at[:, i].set(code)
@@ -237,8 +241,8 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     cache, hidden, codes, logits_out = carry
     code, codes, logits_out = pick(i, hidden, codes, logits_out)
     row_codes = jnp.repeat(code, 2) if guided else code  # both rows of a pair get the code
-    embeds = _call(model, params, "embed_image_codes", row_codes[:, None])
-    out = _call(model, params, "llm", embeds, next_pos + i, attn_mask=ones, cache=cache)
+    embeds = call(model, params, "embed_image_codes", row_codes[:, None])
+    out = call(model, params, "llm", embeds, next_pos + i, attn_mask=ones, cache=cache)
     return out.cache, out.hidden, codes, logits_out
 
   codes = jnp.zeros((b, num_tokens), jnp.int32)
@@ -265,15 +269,31 @@ def to_uint8(pixels: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("model",))
 def decode_images(model, params, codes):
   """(B, P) codes -> (B, H, W, 3) uint8 images through the VQ decoder."""
-  return to_uint8(_call(model, params, "decode_codes", codes))
+  return to_uint8(call(model, params, "decode_codes", codes))
 
 
-def image_tokens(model, image_size: int = 384) -> int:
-  """P, image tokens per `image_size`-pixel square image: the VQ grid (24 x 24 = 576 at 384)."""
+def image_tokens(model, image_size: int | None = None) -> int:
+  """P, image tokens per `image_size`-pixel square image: its VQ grid (24 x 24 = 576 at 384).
+
+  None: the model's own, as many as an understanding image has (`config.image_tokens`: 576
+  for the released models, 36 for the 48-pixel demo), the count it was trained to draw.
+  """
+  if image_size is None:
+    return model.config.image_tokens
   f = model.config.vq.downsample_factor
   if image_size % f:
-    raise ValueError(f"image_size {image_size} is not a multiple of the VQ downsampling {f}")
+    raise errors.InputError(f"image_size {image_size} is not a multiple of the VQ "
+                            f"downsampling {f}")
   return (image_size // f) ** 2
+
+
+def image_size(model) -> int:
+  """The side in pixels of the images the model draws by default (`image_tokens(model)`)."""
+  grid = math.isqrt(model.config.image_tokens)
+  if grid * grid != model.config.image_tokens:
+    raise errors.InputError(f"the model's {model.config.image_tokens} image tokens are not a "
+                            "square grid: give the image size")
+  return grid * model.config.vq.downsample_factor
 
 
 @dataclasses.dataclass
@@ -310,7 +330,7 @@ def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: floa
   num_tokens = num_tokens or image_tokens(model)
   context = model.config.llm.max_position_embeddings
   if num_tokens >= context:
-    raise ValueError(f"{num_tokens} image tokens per image do not fit in the model context of "
+    raise errors.InputError(f"{num_tokens} image tokens per image do not fit in the model context of "
                      f"{context} tokens (image size too large for this model?)")
   check_prompts(prompt_ids, max_len=context - num_tokens)
   batch = prompt_batch(prompt_ids, num_images, pad_id, guided=cfg_weight is not None,

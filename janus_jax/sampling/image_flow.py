@@ -4,7 +4,7 @@ Letters: B images, R = 2B rows (cond then uncond), L prompt prefix slots (left-p
 prompt without its last token), Q latent tokens per image, D LLM width, Z latent channels,
 h/w latent size.
 
-The algorithm is the reference's (`demo/app_janusflow.py`, spec 5.3):
+The algorithm is the reference's (`demo/app_janusflow.py`):
   * rows [cond x B; uncond x B] (halves, not interleaved); an uncond row keeps only its BOS, the
     other prompt tokens become `pad_id` and are masked out;
   * the prompt's last token (the generation tag) is dropped; each step appends `t_emb` and the
@@ -31,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from janus_jax import errors
 from janus_jax.convert import vae as vae_convert
 from janus_jax.models import janusflow
 from janus_jax.models import llama
 from janus_jax.models import vae as vae_lib
+from janus_jax.sampling import image_ar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +55,11 @@ class Prompts:
 def prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Prompts:
   """Cond rows then uncond rows, left-padded, each prompt without its last token."""
   if not prompt_ids_list:
-    raise ValueError("prompt_ids_list is empty: give one list of token ids per image")
+    raise errors.InputError("prompt_ids_list is empty: give one list of token ids per image")
   prompts = [list(map(int, p)) for p in prompt_ids_list]
   short = [i for i, p in enumerate(prompts) if len(p) < 2]
   if short:
-    raise ValueError(f"prompts {short} have fewer than 2 tokens; each needs BOS ... and the "
+    raise errors.InputError(f"prompts {short} have fewer than 2 tokens; each needs BOS ... and the "
                      "generation tag (which is dropped and replaced by the time token)")
   kept = [p[:-1] for p in prompts]
   length = max(len(p) for p in kept)
@@ -76,11 +78,8 @@ def prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Prompt
 
 def check_model(model) -> None:
   """Raises a clear error unless `model` is a JanusFlow model."""
-  cfg = getattr(model, "config", None)
-  if not isinstance(cfg, janusflow.Config):
-    raise TypeError(f"JanusFlow sampling needs a janusflow.Model; got {type(model).__name__} "
-                    f"with config {type(cfg).__name__} (Janus / Janus-Pro checkpoints generate "
-                    "with janus_jax.sampling.image_ar)")
+  image_ar.require_model(model, janusflow.Config, "JanusFlow sampling needs a janusflow.Model",
+                         "Janus / Janus-Pro checkpoints generate with janus_jax.sampling.image_ar")
 
 
 def _step_velocity(model, params, z, t_step, prompt_embeds, prompt_mask, positions, cache,
@@ -141,7 +140,7 @@ def sample_latents(model: janusflow.Model, params, prompt_ids, prompt_mask, prom
   rows, length = prompt_ids.shape
   q = model.config.gen_tokens(z0.shape[1])
   if z0.shape[1] != z0.shape[2]:
-    raise ValueError(f"z0 latent must be square, got {z0.shape}")
+    raise errors.InputError(f"z0 latent must be square, got {z0.shape}")
   total = length + 1 + q
   positions = jnp.maximum(jnp.arange(total)[None] - prompt_offset[:, None], 0)
   embeds = model.apply({"params": params}, prompt_ids, method=janusflow.Model.embed_text)
@@ -211,12 +210,12 @@ def generate(model: janusflow.Model, params, vae_model: vae_lib.Model, vae_param
   b = len(prompt_ids_list)
   if z0 is None:
     if seed is None:
-      raise ValueError("give either seed or z0")
+      raise errors.InputError("give either seed or z0")
     side = latent_size or cfg.gen_latent_size
     z0 = jax.random.normal(jax.random.key(seed), (b, side, side, cfg.latent_channels))
   z0 = jnp.asarray(z0)
   if z0.shape[0] != b or z0.shape[-1] != cfg.latent_channels:
-    raise ValueError(f"z0 has shape {z0.shape}, expected ({b}, h, w, {cfg.latent_channels})")
+    raise errors.InputError(f"z0 has shape {z0.shape}, expected ({b}, h, w, {cfg.latent_channels})")
   z, _ = sample_latents(model, params, prompts.ids, prompts.mask, prompts.offset, z0,
                         jnp.float32(cfg_weight), steps=steps, prefix_cache=prefix_cache,
                         integrate_fp32=integrate_fp32)

@@ -16,6 +16,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from janus_jax import errors
+
 # Filtered-out logits become this (finite, so an all-filtered row cannot produce NaNs; the
 # filters below always keep at least the best token anyway).
 _FILTERED = -1e30
@@ -88,11 +90,11 @@ class Sampling:
 
   def __post_init__(self):
     if not self.temperature > 0:
-      raise ValueError(f"temperature must be > 0 (use Greedy for argmax), got {self.temperature}")
+      raise errors.InputError(f"temperature must be > 0 (use Greedy for argmax), got {self.temperature}")
     if self.top_k is not None and self.top_k < 0:
-      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+      raise errors.InputError(f"top_k must be >= 0, got {self.top_k}")
     if self.top_p is not None and not 0 < self.top_p <= 1:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+      raise errors.InputError(f"top_p must be in (0, 1], got {self.top_p}")
 
   def filter(self, logits: jax.Array) -> jax.Array:
     """The warped logits the categorical draw uses. (B, V) -> (B, V) float32."""
@@ -120,7 +122,7 @@ def make(temperature: float = 1.0, top_k: int | None = None,
          top_p: float | None = None) -> Sampler:
   """A sampler from CLI numbers: temperature 0 means greedy (top-k/top-p are then moot)."""
   if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
+    raise errors.InputError(f"temperature must be >= 0, got {temperature}")
   if temperature == 0:
     return Greedy()
   return Sampling(float(temperature), int(top_k) if top_k else None,

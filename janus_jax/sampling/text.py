@@ -12,12 +12,15 @@ A finished row keeps running (the batch shape is static) but its outputs are rep
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from janus_jax import errors
 from janus_jax.models import llama
+from janus_jax.sampling import decode_layout
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
 
@@ -66,20 +69,20 @@ def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: i
     length_multiple: pad T up to a multiple of this (fewer compiled shapes; pads are masked).
   """
   if not conversations:
-    raise ValueError("no conversations given")
+    raise errors.InputError("no conversations given")
   for i, (ids, images) in enumerate(conversations):
     if len(ids) == 0:
-      raise ValueError(f"conversation {i} is empty (no tokens)")
+      raise errors.InputError(f"conversation {i} is empty (no tokens)")
     slots = int(np.isin(np.asarray(ids), (image_id,) + tuple(seq_extra_ids)).sum())
     if slots != len(images) * tokens_per_image:
-      raise ValueError(f"conversation {i} has {slots} image slots but {len(images)} images of "
+      raise errors.InputError(f"conversation {i} has {slots} image slots but {len(images)} images of "
                        f"{tokens_per_image} tokens")
   b = len(conversations)
   t = -(-max(len(ids) for ids, _ in conversations) // length_multiple) * length_multiple
   n = max(1, max(len(images) for _, images in conversations))
   shapes = {np.shape(im) for _, images in conversations for im in images}
   if len(shapes) > 1:
-    raise ValueError(f"images in one batch must share a shape, got {sorted(shapes)}")
+    raise errors.InputError(f"images in one batch must share a shape, got {sorted(shapes)}")
   shape = shapes.pop() if shapes else tuple(image_shape or (1, 1, 3))
   input_ids = np.full((b, t), pad_id, np.int32)
   mask = np.zeros((b, t), bool)
@@ -95,15 +98,11 @@ def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: i
   return ChatBatch(input_ids, mask, pixels, seq_mask, emb_mask)
 
 
-def _call(model, params, method, *args, **kw):
-  return model.apply({"params": params}, *args, method=method, **kw)
-
-
 @image_ar.decode_jit(static_argnames=("model", "sampler", "max_new_tokens", "return_logits",
-                                     "segments", "block_columns"))
+                                     "segments"))
 def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_mask,
            images_emb_mask, rng, eos_id, pad_id, *, sampler, max_new_tokens: int,
-           return_logits: bool = False, segments: int = 4, block_columns: int | None = None):
+           return_logits: bool = False, segments: int = 4):
   """Prefills the prompts and decodes until every row hit EOS or N tokens.
 
   Args:
@@ -115,40 +114,38 @@ def decode(model, params, input_ids, attention_mask, pixel_values, images_seq_ma
     return_logits: also return each step's logits (B, N, V) float32.
     segments: the steps run as up to this many loops over a growing cache
       (`llama.segment_capacities`).
-    block_columns: kernel block width for decoding (`llama.decode_layout`; None: by backend,
-      which on the CPU packs a float32 model's kernels for the CPU decode product and elsewhere
-      stacks q/k/v and gate/up).
   Returns:
     tokens (B, N) int32 (pad after EOS), num_tokens (B,) int32 (including EOS), logits or None.
   """
   if max_new_tokens < 1:
-    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-  params = llama.decode_layout(params, block_columns, dtype=model.dtype)  # once, before the loops
+    raise errors.InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  params = decode_layout.decode_layout(params, dtype=model.dtype)  # once, before the loops
   b, t = input_ids.shape
-  embeds = _call(model, params, "prepare_inputs_embeds", input_ids, pixel_values,
-                 images_seq_mask, images_emb_mask)
+  call = functools.partial(image_ar.call, model, params)
+  embeds = call("prepare_inputs_embeds", input_ids, pixel_values, images_seq_mask,
+                images_emb_mask)
   mask = attention_mask.astype(bool)
   positions = jnp.where(mask, jnp.cumsum(mask, axis=1) - 1, 1).astype(jnp.int32)
   # Step i writes slot t + i; the loop runs in `segments` stages over a growing cache, each
   # while no more than the stage's steps are done and some row has not stopped.
   sizes = llama.segment_capacities(t, t + max_new_tokens, segments)
   cache = llama.init_cache(model.config.llm, b, sizes[0], model.dtype)
-  out = _call(model, params, "llm", embeds, positions, attn_mask=mask, cache=cache)
+  out = call("llm", embeds, positions, attn_mask=mask, cache=cache)
   next_pos = positions[:, -1:] + 1
   vocab = model.config.llm.vocab_size
   ones = jnp.ones((b, 1), bool)
 
   def body(state):
     i, cache, hidden, tokens, done, logits_out = state
-    logits = _call(model, params, "text_logits", hidden)[:, 0].astype(jnp.float32)  # (B, V)
+    logits = call("text_logits", hidden)[:, 0].astype(jnp.float32)  # (B, V)
     tok = sampler.get_next_tokens(logits, jax.random.fold_in(rng, i))
     tok = jnp.where(done, pad_id, tok)
     tokens = tokens.at[:, i].set(tok)
     if return_logits:
       logits_out = logits_out.at[:, i].set(logits)
     done = done | (tok == eos_id)
-    out = _call(model, params, "llm", _call(model, params, "embed_text", tok[:, None]),
-                next_pos + i, attn_mask=ones, cache=cache)
+    out = call("llm", call("embed_text", tok[:, None]), next_pos + i, attn_mask=ones,
+               cache=cache)
     return i + 1, out.cache, out.hidden, tokens, done, logits_out
 
   tokens = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
@@ -193,7 +190,7 @@ def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
   context = model.config.llm.max_position_embeddings
   longest = int(batch.attention_mask.sum(axis=1).max())
   if longest + max_new_tokens > context:
-    raise ValueError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
+    raise errors.InputError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
                      f"the model context of {context} tokens")
   rng = jax.random.key(0) if rng is None else rng
   arrays = image_ar.put_rows(mesh, batch.input_ids, batch.attention_mask, batch.pixel_values,

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
+import torch
 
+import convert_torch
 from janus_jax.convert import driver
 from janus_jax.convert import rules
 
@@ -96,8 +97,6 @@ class StandIn:
     return StandInModel(config)
 
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # the repo root's CLI
-import convert_torch  # noqa: E402
 
 W, V, L = 8, 16, 3
 
@@ -381,8 +380,9 @@ def test_unknown_layout(tmp_path, monkeypatch):
 
 def test_janus_fixture_through_cli(tmp_path, fixtures_dir, capsys):
   """The real original-layout family: CLI conversion equals the in-memory strict merge."""
-  from janus_jax.convert import janus as janus_table  # pylint: disable=g-import-not-at-top
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+
+  from janus_jax.convert import janus as janus_table  # pylint: disable=g-import-not-at-top
   root = fixtures_dir / "janus_tiny"
   assert convert_torch.main([str(root), str(tmp_path / "out"), "--no-progress", "--extra",
                              str(root / "fixture.json"), "--chunk-mib", "1"]) == 0

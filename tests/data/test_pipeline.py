@@ -6,8 +6,8 @@ import json
 
 import grain.python as grain
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from janus_jax.data import chat
 from janus_jax.data import examples
@@ -287,6 +287,7 @@ def test_janusflow_flow_examples_and_packing(tok):
 
 def test_make_train_iterator_from_prepared_datasets(tok, tmp_path):
   import ml_collections
+
   from janus_jax.data import builders
   from janus_jax.data import tokenize_images
   raw = synthetic.write_raw_files(str(tmp_path / "raw"), n=6)

@@ -3,8 +3,8 @@
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from janus_jax.data import preprocess
 
@@ -16,7 +16,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def reference_pixels(img, image_size=384, min_size=14, mean=(0.5,) * 3, std=(0.5,) * 3):
   """The reference VLMImageProcessor steps, re-expressed with PIL (= torchvision on PIL) + HF."""
-  from transformers.image_transforms import normalize, rescale  # test-only dependency
+  from transformers.image_transforms import normalize  # test-only dependency
+  from transformers.image_transforms import rescale  # test-only dependency
   from transformers.image_utils import ChannelDimension
   width, height = img.size
   max_size = max(width, height)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tokenizers
 
+from janus_jax import errors
 from janus_jax.data import chat
 from janus_jax.data import synthetic
 from janus_jax.data import tokenizer as tokenizer_lib
@@ -32,7 +33,7 @@ def test_decode_skips_special_tokens(tok):
 
 
 def test_missing_file_and_missing_special_token(tmp_path):
-  with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+  with pytest.raises(errors.InputError, match="tokenizer.json"):
     tokenizer_lib.Tokenizer.from_file(str(tmp_path))
   bare = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "[UNK]": 1}, "[UNK]"))
   bare.add_special_tokens([tokenizer_lib.BOS, tokenizer_lib.EOS])

@@ -18,19 +18,19 @@ def _llm_params(v, d, f, layers):
   return 2 * v * d + layers * (4 * d * d + 3 * d * f + 2 * d) + d
 
 
-@pytest.mark.parametrize("variant,d,f,layers,llm_spec", [
+@pytest.mark.parametrize("variant,d,f,layers,llm_total", [
     ("janus_pro_1b", 2048, 5632, 24, 1.653),
     ("janus_pro_7b", 4096, 11008, 30, 6.910),
 ])
-def test_full_size_parameter_counts(variant, d, f, layers, llm_spec):
+def test_full_size_parameter_counts(variant, d, f, layers, llm_total):
   params = nn.unbox(janus.abstract_params(janus.get_config(variant)))
   counts = {k: _count(v) for k, v in params.items()}
   llm = _llm_params(102400, d, f, layers)
   assert counts["language_model"] == llm
-  assert round(llm / 1e9, 3) == llm_spec  # the spec's rounded total
+  assert round(llm / 1e9, 3) == llm_total  # DeepSeek-LLM's size, rounded
   assert round(counts["vision_model"] / 1e6, 2) == 303.69  # SigLIP-L/16 without attn_pool
   assert round(counts["gen_vision_model"] / 1e6, 2) == 71.88  # VQ-16 without codebook_used
-  # aligners, gen head and gen_embed, from the spec's shape tables
+  # aligners, gen head and gen_embed, from the reference modules' shapes
   assert counts["aligner"] == 1024 * d + d + d * d + d
   assert counts["gen_aligner"] == 8 * d + d + d * d + d
   assert counts["gen_head"] == d * d + d + d * 16384 + 16384

@@ -39,7 +39,7 @@ def _count(tree):
 
 
 def test_full_size_parameter_counts():
-  """The spec's measured counts for the released JanusFlow UViT (21.61 M / 50.56 M)."""
+  """The released JanusFlow UViT's parameter counts (21.61 M encoder / 50.56 M decoder)."""
   enc = uvit.Encoder(uvit.EncoderConfig(input_channels=4, channels=768, cond_dim=2048))
   dec = uvit.Decoder(uvit.DecoderConfig(in_channels=768, out_channels=4, channels=768,
                                         cond_dim=2048, upsamples=1))

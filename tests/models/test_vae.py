@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from janus_jax import errors
 from janus_jax.convert import rules
 from janus_jax.convert import vae as vae_table
 from janus_jax.models import vae
@@ -87,7 +88,7 @@ def test_config_disagreeing_with_weights_is_refused(reference, tmp_path):
   with pytest.raises(ValueError, match="up_block_types"):
     vae.Config.from_diffusers({**SMALL, "up_block_types": ["AttnUpDecoderBlock2D"] * 3})
   (tmp_path / "config.json").write_text(json.dumps(SMALL))
-  with pytest.raises(FileNotFoundError, match="diffusion_pytorch_model"):
+  with pytest.raises(errors.InputError, match="diffusion_pytorch_model"):
     vae_table.load(tmp_path)
 
 

@@ -95,7 +95,7 @@ def test_from_shapes_recovers_tiny(fx, vq_tensors):
 def test_vq16_parameter_count():
   params = expected_params(vq.Model(vq.get_config("vq16")), 384)
   # Measured on the reference VQ_16() (torch, buffers excluded): 29,298,176 encoder +
-  # 42,449,795 decoder + quant convs and codebook = 71,883,403 (spec: 29.30M / 42.45M / 71.88M).
+  # 42,449,795 decoder + quant convs and codebook = 71,883,403 (29.30M / 42.45M / 71.88M).
   assert n_params(params["encoder"]) == 29_298_176
   assert n_params(params["decoder"]) == 42_449_795
   assert n_params(params) == 71_883_403

@@ -4,7 +4,7 @@ A random tiny HF Janus is saved with `save_pretrained` (sharded, HF layout), con
 real converter (layout detection, `janus_hf` table, Orbax output, `load_converted`), and the JAX
 model must reproduce the torch model's vision features, multimodal LLM logits, generation
 head, generation embeddings and VQ decode at float32. VQ *encode* is not compared: HF's
-quantizer skips the l2 normalisation of the original (spec section 3.7).
+quantizer skips the l2 normalisation of the original (`vq_model.py`'s `VectorQuantizer`).
 """
 
 import numpy as np

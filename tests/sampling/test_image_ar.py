@@ -5,19 +5,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from janus_jax import train_steps
 from janus_jax.data import chat
 from janus_jax.data import examples
 from janus_jax.data import mixture
 from janus_jax.data import packing
 from janus_jax.data import synthetic
-from janus_jax.models import cpu_kernels
-from janus_jax.models import layers
-from janus_jax.models import llama
+from janus_jax.kernels import cpu
 from janus_jax.parity import sampling_cases
+from janus_jax.sampling import decode_layout
 from janus_jax.sampling import image_ar
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
+from janus_jax.train import train_steps
 
 PAD = 3
 P = 16  # image tokens of the tiny VQ at 64 px
@@ -60,24 +59,21 @@ def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   assert len({tuple(c) for c in codes}) == 3  # the prompts really give different images
 
 
-def test_decoding_in_segments_on_kernel_blocks_panels_or_fused_kernels_equals_one_plain_loop(
-    janus_fixture):
+def test_decoding_in_segments_or_on_packed_kernels_equals_one_loop(janus_fixture):
   _, model, params = janus_fixture
   b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
   run = lambda p=params, **kw: image_ar.sample_codes(  # noqa: E731
       model, p, b.tokens, b.mask, b.positions, jax.random.key(3), jnp.float32(5.0),
       sampler=samplers.Sampling(temperature=1.0, top_k=50), num_tokens=P, return_logits=True,
       **kw)
-  want_codes, want_logits = run(segments=1, block_columns=0)
-  # Five stages over a growing cache; column blocks of the 64-wide LLM and the 256-code head;
-  # q/k/v and gate/up stacked (the GPU layout, laid out beforehand as sample.py does); the CPU
-  # default, kernels packed for the CPU decode product (`cpu_kernels`).
-  fused = llama.decode_layout(params, block_columns=0, fuse=True)
-  packed = llama.decode_layout(params)  # on one device, outside jit, as sample.py lays out
-  assert isinstance(packed["gen_head"]["vision_head"]["kernel"], layers.Panels) or not (
-      cpu_kernels.available())
-  for kw in (dict(segments=5, block_columns=0), dict(segments=1, block_columns=40),
-             dict(p=fused, segments=1, block_columns=0), dict(p=packed, segments=1)):
+  # Inside the sampler's jit, with the tests' 8 devices, kernels stay XLA's (not packed).
+  want_codes, want_logits = run(segments=1)
+  # Five stages over a growing cache; the CPU default laid out beforehand on one device, as
+  # sample.py does: kernels packed for the CPU decode product (`kernels.cpu`).
+  packed = decode_layout.decode_layout(params)
+  assert isinstance(packed["gen_head"]["vision_head"]["kernel"], cpu.Panels) or not (
+      cpu.available())
+  for kw in (dict(segments=5), dict(p=packed, segments=1)):
     codes, logits = run(**kw)
     np.testing.assert_array_equal(codes, want_codes)
     np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
@@ -97,7 +93,7 @@ def test_samplers_lay_out_kernels_for_the_dtype_the_model_computes_in(janus_fixt
     asked.append(dtype)
     raise Laid
 
-  monkeypatch.setattr(llama, "decode_layout", record)
+  monkeypatch.setattr(decode_layout, "decode_layout", record)
   b = image_ar.prompt_batch(PROMPTS, num_images=1, pad_id=PAD)
   with pytest.raises(Laid):
     image_ar.sample_codes(model16, params, b.tokens, b.mask, b.positions, jax.random.key(0),

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from janus_jax.models import llama
 from janus_jax.parity import sampling_cases
+from janus_jax.sampling import decode_layout
 from janus_jax.sampling import samplers
 from janus_jax.sampling import text
 
@@ -27,13 +27,13 @@ CONVS = [conversation([378, 244, 215], 1, 0),
          conversation([100, 101], 0, 2)]
 
 
-def run(model, params, convs, n=6, eos=-1, segments=4, block_columns=None):
+def run(model, params, convs, n=6, eos=-1, segments=4):
   b = text.make_batch(convs, image_id=IMG, pad_id=PAD, tokens_per_image=P,
                       image_shape=(32, 32, 3))
   return text.decode(model, params, b.input_ids, b.attention_mask, b.pixel_values,
                      b.images_seq_mask, b.images_emb_mask, jax.random.key(0), jnp.int32(eos),
                      jnp.int32(PAD), sampler=samplers.Greedy(), max_new_tokens=n,
-                     return_logits=True, segments=segments, block_columns=block_columns)
+                     return_logits=True, segments=segments)
 
 
 def test_expand_and_batch_layout():
@@ -69,16 +69,14 @@ def test_batch_with_one_and_two_images_equals_each_alone(janus_fixture):
   assert not np.allclose(logits[0], logits[1], atol=1e-2)  # the rows really differ
 
 
-def test_kernels_in_column_blocks_panels_or_fused_give_the_same_tokens(janus_fixture):
+def test_packed_kernels_give_the_same_tokens(janus_fixture):
   _, model, params = janus_fixture
-  want_tokens, _, want_logits = run(model, params, CONVS, block_columns=0)
-  fused = llama.decode_layout(params, block_columns=0, fuse=True)  # the GPU layout
-  # 40: blocks of the 512-token vocabulary; None: the CPU default, panels (`cpu_kernels`),
-  # through the chat prefill (more rows than the panel product takes) and the decode steps.
-  for p, columns in ((params, 40), (fused, 0), (llama.decode_layout(params), None)):
-    tokens, _, logits = run(model, p, CONVS, block_columns=columns)
-    np.testing.assert_array_equal(tokens, want_tokens)
-    np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
+  want_tokens, _, want_logits = run(model, params, CONVS)  # XLA's products (8 test devices)
+  # The CPU default laid out on one device beforehand: panels (`kernels.cpu`), through the
+  # chat prefill (more rows than the panel product takes) and the decode steps.
+  tokens, _, logits = run(model, decode_layout.decode_layout(params), CONVS)
+  np.testing.assert_array_equal(tokens, want_tokens)
+  np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
 
 
 def test_eos_stops_one_row_while_others_continue(janus_fixture):

@@ -7,14 +7,14 @@ import flax.linen as nn
 import jax
 import pytest
 
-from janus_jax import optim
+from janus_jax import sharding
+from janus_jax.train import optim
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def _frozen_tops(config):
-  _, _, init = train.build_model(config)
+  _, _, init = trainer.build_model(config)
   params = nn.unbox(jax.eval_shape(init, jax.random.key(0)))
   _, labels, _ = optim.make(config.optim, params)  # raises on a regex that matches nothing
   frozen = set(optim.frozen_paths(labels))
@@ -27,7 +27,6 @@ def _frozen_tops(config):
 
 
 def _recipe(name, arg):
-  helpers.train_module()  # puts the repo root on sys.path
   return importlib.import_module(f"configs.{name}").get_config(arg)
 
 
@@ -60,12 +59,12 @@ def test_full_size_stage2_step_traces():
   """The Janus-Pro-1B stage-2 step on a packed 4096-token row (576 image codes) type-checks."""
   config = _recipe("train_janus_pro", "stage2")
   config.data.update(source="synthetic", batch_size=1, seq_len=4096, gen_tokens=576)
-  s = train.setup(config, jax.devices()[:1])
-  batch = next(train.make_data(config, s.module))
-  step = train.train_steps.train_step
-  terms = train.train_steps.bind_terms(s.module, s.family, config)
+  s = trainer.setup(config, jax.devices()[:1])
+  batch = next(trainer.make_data(config, s.module))
+  step = trainer.train_steps.train_step
+  terms = trainer.train_steps.bind_terms(s.module, s.family, config)
   abstract_batch = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
-  with train.sharding.activate(s.mesh, s.rules):
+  with sharding.activate(s.mesh, s.rules):
     state, m = jax.eval_shape(
         lambda st, b, r: step(st, b, r, terms_fn=terms, tx=s.tx,
                               trainable=optim.trainable_mask(s.labels), config=config),

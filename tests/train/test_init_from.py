@@ -6,9 +6,8 @@ import jax
 import numpy as np
 
 from janus_jax.convert import driver
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def test_init_from_converted_fixture(tmp_path, fixtures_dir):
@@ -18,7 +17,7 @@ def test_init_from_converted_fixture(tmp_path, fixtures_dir):
   driver.convert(src, out, extra=extra, progress=False, log=lambda *a: None)
   _, want = driver.load_converted(out)
   config = helpers.tiny_config("janus", mesh=(2, 2, 2), init_from=str(out))
-  s = train.setup(config)
+  s = trainer.setup(config)
   state = s.init_state()
   got = jax.device_get(state.params)
   flat_want = jax.tree_util.tree_leaves_with_path(want)

@@ -9,10 +9,9 @@ import sys
 import jax
 import numpy as np
 
-from janus_jax import checkpoint
+from janus_jax.train import checkpoint
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def _free_port():
@@ -55,7 +54,7 @@ def test_two_processes_agree_with_one(tmp_path):
   np.testing.assert_allclose(_loss(outs[0]), loss_one, rtol=1e-5)
 
   config = helpers.tiny_config("llm", **{"data.kinds": ("text", "text")})
-  s = train.setup(config)
+  s = trainer.setup(config)
   abstract = checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings)
   states = []
   for name in ("two", "one"):

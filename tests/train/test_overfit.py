@@ -4,17 +4,17 @@ losses of one mixed batch) and JanusFlow (rectified flow + REPA + understanding)
 import jax
 import numpy as np
 
+from janus_jax import sharding
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def _fit(config, steps, fixed_rng=False):
-  s = train.setup(config, jax.devices()[:1])
-  batch = next(train.make_data(config, s.module))
-  step = train.make_step(config, s, batch)
+  s = trainer.setup(config, jax.devices()[:1])
+  batch = next(trainer.make_data(config, s.module))
+  step = trainer.make_step(config, s, batch)
   state = s.init_state()
-  gbatch = train.sharding.global_batch(batch, s.mesh)
+  gbatch = sharding.global_batch(batch, s.mesh)
   history = []
   for i in range(steps):
     state, m = step(state, gbatch, jax.random.key(0 if fixed_rng else i))

@@ -4,13 +4,13 @@ crosses segments, positions restart per segment)."""
 import jax
 import numpy as np
 
-from janus_jax import train_steps
 from janus_jax.data import examples
 from janus_jax.data import mixture
 from janus_jax.data import packing
 from janus_jax.data import synthetic
 from janus_jax.models import janus
 from janus_jax.models import llama
+from janus_jax.train import train_steps
 
 
 def test_packed_equals_separate():

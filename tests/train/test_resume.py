@@ -10,16 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from janus_jax import checkpoint
-from janus_jax import metrics
-from janus_jax import train_steps
+from janus_jax.train import checkpoint
+from janus_jax.train import metrics
+from janus_jax.train import train_steps
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def _restore(config, workdir, step=None):
-  s = train.setup(config)
+  s = trainer.setup(config)
   ck = checkpoint.Checkpointer(f"{workdir}/checkpoints", save_every=1)
   out = ck.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings), step)
   ck.close()
@@ -29,10 +28,10 @@ def _restore(config, workdir, step=None):
 def test_resume_is_exact(tmp_path):
   kw = {"ckpt.every": 3, "data.kinds": ("text", "text"), "optim.warmup_steps": 4}
   config = helpers.tiny_config("llm", total_steps=6, **kw)
-  straight = train.train(config, str(tmp_path / "a"))
-  first = train.train(helpers.tiny_config("llm", total_steps=3, **kw), str(tmp_path / "b"))
+  straight = trainer.train(config, str(tmp_path / "a"))
+  first = trainer.train(helpers.tiny_config("llm", total_steps=3, **kw), str(tmp_path / "b"))
   assert first["step"] == 3
-  resumed = train.train(config, str(tmp_path / "b"))  # picks up step 3 and its data position
+  resumed = trainer.train(config, str(tmp_path / "b"))  # picks up step 3 and its data position
   assert resumed["step"] == 6
   assert resumed["loss"] == straight["loss"]
   step_a, state_a, data_a = _restore(config, tmp_path / "a", 6)
@@ -101,10 +100,10 @@ class _NanAt:
 def test_nan_batch_stops_with_message_and_keeps_good_checkpoint(tmp_path):
   config = helpers.tiny_config("janus", total_steps=10, **{
       "ckpt.every": 1, "data.kinds": ("und",), "data.seq_len": 32})
-  s = train.setup(config)
-  data = _NanAt(train.make_data(config, s.module), at=3)
+  s = trainer.setup(config)
+  data = _NanAt(trainer.make_data(config, s.module), at=3)
   with pytest.raises(metrics.NonFiniteError, match=r"step 3: .*loss=nan"):
-    train.train(config, str(tmp_path), data=data)
+    trainer.train(config, str(tmp_path), data=data)
   ck = checkpoint.Checkpointer(tmp_path / "checkpoints", save_every=1)
   assert ck.all_steps() == [1, 2]
   ck.close()

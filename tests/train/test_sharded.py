@@ -5,22 +5,22 @@ import jax
 import numpy as np
 import pytest
 
-from janus_jax import optim
+from janus_jax import sharding
+from janus_jax.train import optim
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 
 def _run(config, devices, steps=2):
-  s = train.setup(config, devices)
-  data = train.make_data(config, s.module)
+  s = trainer.setup(config, devices)
+  data = trainer.make_data(config, s.module)
   batch = next(data)
-  step = train.make_step(config, s, batch)
+  step = trainer.make_step(config, s, batch)
   state0 = s.init_state()
   params0 = jax.device_get(state0.params)
   state, losses = state0, []
   for i in range(steps):
-    state, m = step(state, train.sharding.global_batch(batch, s.mesh), jax.random.key(i))
+    state, m = step(state, sharding.global_batch(batch, s.mesh), jax.random.key(i))
     losses.append(float(m["loss"]))
   return s, params0, jax.device_get(state.params), state.opt_state, losses
 

@@ -25,9 +25,8 @@ from janus_jax.data import synthetic
 from janus_jax.data import tokenize_images
 from janus_jax.models import janus
 from janus_jax.models import vq
+from janus_jax.train import trainer
 from tests.train import helpers
-
-train = helpers.train_module()
 
 GEN_SIZE = 16  # generation images: 16 px / 4 (the small VQ's downsampling) -> 16 codes = P
 
@@ -108,15 +107,15 @@ def test_train_cli_pipeline_custom_model_and_resume(prepared, tmp_path):
 
 def test_model_config_sources(prepared, tmp_path):
   m = helpers.tiny_config("janus").model
-  named, family = train.model_config(m)
+  named, family = trainer.model_config(m)
   assert family == "janus" and named == janus.get_config("tiny")
   m.config_json = str(prepared / "model.json")
-  custom, family = train.model_config(m)
+  custom, family = trainer.model_config(m)
   assert family == "janus" and custom == small_config()
   m.family = "janusflow"
   with pytest.raises(ValueError, match="janusflow.*holds a 'janus' model"):
-    train.model_config(m)
+    trainer.model_config(m)
   (tmp_path / "bad.json").write_text(json.dumps({"vocab_size": 3}))
   m.family, m.config_json = "janus", str(tmp_path / "bad.json")
   with pytest.raises(ValueError, match="bad.json: expected a converted checkpoint"):
-    train.model_config(m)
+    trainer.model_config(m)

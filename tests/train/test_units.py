@@ -9,10 +9,10 @@ import numpy as np
 import optax
 import pytest
 
-from janus_jax import checkpoint
-from janus_jax import metrics
-from janus_jax import optim
 from janus_jax import sharding
+from janus_jax.train import checkpoint
+from janus_jax.train import metrics
+from janus_jax.train import optim
 
 PARAMS = {"vision_model": {"w": jnp.ones((4, 4))},
           "language_model": {"a": {"kernel": jnp.ones((4, 8))}, "b": {"scale": jnp.ones((8,))}},

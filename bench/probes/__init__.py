@@ -1,0 +1,1 @@
+"""Probes: narrow measurements behind design decisions (`python -m bench.probes.<name>`)."""
