@@ -56,7 +56,8 @@ DEMO_PROMPTS = (
 def template_family(name: str, model, cfg, path: pathlib.Path, meta) -> str:
   if cfg.template != "auto":
     if cfg.template not in chat.FAMILIES:
-      raise errors.InputError(f"--config.template={cfg.template!r}: expected auto or {chat.FAMILIES}")
+      raise errors.InputError(f"--config.template={cfg.template!r}: expected auto or "
+                              f"{chat.FAMILIES}")
     return cfg.template
   if name == "janusflow":
     return "janusflow"
@@ -186,7 +187,8 @@ def chat_inputs(conv, tok, template, model, system: str = chat.SYSTEM_PROMPT):
     prompt = chat.understanding_prompt(template, question, len(images), system=system)
   toks = chat.tokenize(tok, prompt, image_tokens=model.config.image_tokens, family=template)
   if toks.n_images != len(images):
-    raise errors.InputError(f"question has {toks.n_images} image placeholders but {len(images)} images")
+    raise errors.InputError(f"question has {toks.n_images} image placeholders but {len(images)} "
+                            "images")
   return [int(x) for x in toks.input_ids], images
 
 
@@ -277,13 +279,13 @@ def run(cfg, req: Request) -> int:
     prompts = list(DEMO_PROMPTS)  # `python sample.py` alone: draw the demo prompts
   if not prompts and not convs:
     raise errors.InputError("nothing to do: give --prompt/--prompts_file (text-to-image) or "
-                     "--image with --question / --chat_file (chat)")
+                            "--image with --question / --chat_file (chat)")
   if cfg.t2i.num_images < 1:
     raise errors.InputError(f"--num_images must be >= 1, got {cfg.t2i.num_images}")
   path = cfg.checkpoint or loading.default_checkpoint()
   if not path:
-    raise errors.InputError("no --checkpoint given and this build embeds no default checkpoint; pass "
-                     "--checkpoint=DIR (a convert_torch.py output directory)")
+    raise errors.InputError("no --checkpoint given and this checkout embeds no default checkpoint; "
+                            "pass --checkpoint=DIR (a convert_torch.py output directory)")
   path = pathlib.Path(path)
   mesh = sharding.make_mesh(tuple(cfg.mesh))
   rules_ = sharding.rules_from_config(cfg.sharding_rules)
@@ -296,7 +298,7 @@ def run(cfg, req: Request) -> int:
     cfg.t2i.image_size = int(meta["image_size"])
   if tok.vocab_size > model.config.llm.vocab_size:
     raise errors.InputError(f"tokenizer {tok.source} has {tok.vocab_size} tokens but the model's "
-                     f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")
+                            f"vocabulary has {model.config.llm.vocab_size}: wrong tokenizer?")
   template = template_family(name, model, cfg, path, meta)
   if cfg.t2i.cfg_weight is None:
     cfg.t2i.cfg_weight = image_ar.checkpoint_cfg_weight(meta)

@@ -4,8 +4,8 @@
   python bench/sample_bench.py --config=janus_pro_7b --images=16 --threads 0   # on a GPU
 
 Both sides run the same algorithm (`generation_inference.py`'s: interleaved cond/uncond rows,
-w = 5, temperature 1, 576 image tokens, VQ decode) on the same random weights: the JAX parameters are
-copied into a transformers `LlamaModel` plus torch gen-head / gen-embed / gen-aligner MLPs
+w = 5, temperature 1, 576 image tokens, VQ decode) on the same random weights: the JAX parameters
+are copied into a transformers `LlamaModel` plus torch gen-head / gen-embed / gen-aligner MLPs
 written here, and the reference loop (`generation_inference.py`'s algorithm: one eager forward
 per token with the HF KV cache, `multinomial` sampling) runs on them. A greedy run of both
 first checks that they pick the same codes. End-to-end adds the VQ decode (transformers'

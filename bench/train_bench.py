@@ -8,8 +8,8 @@ r"""Training throughput: tokens/s and MFU of the jitted train step for a config 
 Feeds synthetic packed batches of the configured shape (data.batch_size x data.seq_len), so the
 number measures the step, not the input pipeline. MFU = tokens/s x model FLOPs per token
 (6 x matmul parameters + 12 x layers x width x seq_len, vision towers not counted) over the
-devices' dense bf16 peak (`janus_jax.train.metrics.PEAK_FLOPS`; CPU peak is a rough guess, override it
-with --peak_tflops). The last line is `tokens_per_s=<x> mfu=<y>`.
+devices' dense bf16 peak (`janus_jax.train.metrics.PEAK_FLOPS`; CPU peak is a rough guess,
+override it with --peak_tflops). The last line is `tokens_per_s=<x> mfu=<y>`.
 """
 
 import sys

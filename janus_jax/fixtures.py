@@ -43,7 +43,7 @@ def _resolve(value, arrays, where):
     arr = arrays[name]
     if list(arr.shape) != list(value.get("shape", arr.shape)):
       raise errors.InputError(f"{where}: array {name!r} has shape {arr.shape}, fixture.json says "
-                       f"{value['shape']}")
+                              f"{value['shape']}")
     return arr
   return value
 

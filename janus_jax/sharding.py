@@ -117,7 +117,8 @@ def logical_shardings(boxed_tree, mesh: jax.sharding.Mesh, rules) -> Any:
   specs = nn.get_partition_spec(boxed_tree)  # logical names, per leaf
   mesh_specs = nn.logical_to_mesh(specs, rules)
   shapes = jax.tree_util.tree_map(lambda x: x.shape, nn.unbox(boxed_tree))
-  shapes_leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=lambda x: isinstance(x, tuple))
+  shapes_leaves, treedef = jax.tree_util.tree_flatten(shapes,
+                                                      is_leaf=lambda x: isinstance(x, tuple))
   spec_leaves = treedef.flatten_up_to(mesh_specs)
   out = [jax.sharding.NamedSharding(mesh, _fit_spec(s, shape, mesh))
          for s, shape in zip(spec_leaves, shapes_leaves)]

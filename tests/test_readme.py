@@ -20,7 +20,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 # Entry points whose config flag has a default: the config their `--config.x=...` overrides.
-DEFAULT_CONFIGS = {"sample.py": "configs/sample.py", "janus_jax.shapes_demo": "configs/demo_shapes.py"}
+DEFAULT_CONFIGS = {"sample.py": "configs/sample.py",
+                   "janus_jax.shapes_demo": "configs/demo_shapes.py"}
 
 
 def readme_commands() -> list[list[str]]:

@@ -51,6 +51,7 @@ def rgb(w, h, seed=0):
   return Image.fromarray(np.random.RandomState(seed).randint(0, 255, (h, w, 3), np.uint8))
 
 
+@pytest.mark.slow
 def test_t2i_command_line(ckpt, tmp_path):
   out = tmp_path / "samples"
   r = subprocess.run(
@@ -76,6 +77,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     sample.run(cfg, sample.Request(prompts=["a cat"]))
 
 
+@pytest.mark.slow
 def test_same_seed_same_images(ckpt, tmp_path):
   cfg = config(ckpt, tmp_path, num_images=2, batch_prompts=2)
   req = sample.Request(prompts=["a red cat", "two dogs"])
@@ -88,6 +90,7 @@ def test_same_seed_same_images(ckpt, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path):
   cfg = config(ckpt, tmp_path, num_images=2)
   req = sample.Request(prompts=["a red cat", "two dogs"])
@@ -111,6 +114,7 @@ def test_sharded_load_lays_out_in_place_and_gives_the_same_images(ckpt, tmp_path
   assert tuple(qkv.sharding.spec)[:3] == ("fsdp", None, "tensor"), qkv.sharding.spec
 
 
+@pytest.mark.slow
 def test_chat_accepts_convertible_images(ckpt, tmp_path, capsys):
   cmyk = save(tmp_path / "cmyk.jpg", rgb(40, 30).convert("CMYK"))
   grey16 = save(tmp_path / "grey16.png",
@@ -181,6 +185,7 @@ def test_wrong_family_and_not_a_checkpoint(ckpt, tmp_path):
     sample.run(config(tmp_path / "nope", tmp_path), sample.Request(prompts=["a cat"]))
 
 
+@pytest.mark.slow
 def test_janusflow_checkpoint_generates_through_the_flow_sampler(fixtures_dir, tmp_path):
   fx = fixtures.load(fixtures_dir / "janusflow_tiny")
   ckpt = tmp_path / "janusflow_tiny"

@@ -1,6 +1,6 @@
 """Weight layouts for the CPU decode step's layer GEMMs, and torch's time for the same products.
 
-  python -m bench.probes.gemm_layouts            # "mid" LLM layers (8 x width 512, FFN 1408), 8 rows
+  python -m bench.probes.gemm_layouts    # "mid" LLM layers (8 x width 512, FFN 1408), 8 rows
 
 `decode_floor.py` times the GEMMs with q/k/v and gate/up already fused; the sampler keeps the
 checkpoint's separate matrices. This times the layer products (no generation head) four ways in

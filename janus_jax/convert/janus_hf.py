@@ -1,9 +1,9 @@
 """Mapping table for Janus / Janus-Pro checkpoints in the transformers (HF) layout.
 
 `JanusForConditionalGeneration` state dicts (e.g. `deepseek-community/Janus-Pro-*`) rename the
-original modules (`modeling_janus.py` in transformers): `model.vision_model.*` (SigLIP with q/k/v split and the
-position embedding squeezed), `model.aligner.{fc1,hidden_layers.i}`, `model.vqmodel.*`,
-`model.generation_{embeddings,aligner,head}.*`, `model.language_model.*` and a top-level
+original modules (transformers' `modeling_janus.py`): `model.vision_model.*` (SigLIP with q/k/v
+split and the position embedding squeezed), `model.aligner.{fc1,hidden_layers.i}`,
+`model.vqmodel.*`, `model.generation_{embeddings,aligner,head}.*`, `model.language_model.*` and a top-level
 `lm_head.weight` (absent when the config ties it to the input embedding). The model is the
 same `janus.Model` as for the original layout: only the table and the config reader differ.
 

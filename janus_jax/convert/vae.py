@@ -101,8 +101,8 @@ def check_latent_channels(config: vae.Config, latent_channels: int, where: str =
   """Raises if the VAE's latent channels differ from what the flow model generates."""
   if config.latent_channels != latent_channels:
     raise errors.InputError(f"VAE latent_channels={config.latent_channels} does not match "
-                     f"{where}'s latent channels {latent_channels}: this VAE folder does not "
-                     "belong to this checkpoint")
+                            f"{where}'s latent channels {latent_channels}: this VAE folder does "
+                            "not belong to this checkpoint")
 
 
 def read_folder(folder) -> tuple[dict, dict]:

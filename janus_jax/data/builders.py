@@ -207,7 +207,7 @@ def data_source(name: str, data_dir: str | None = None, split: str = "train"):
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types (AssertionError, DatasetNotFoundError, ...)
-    raise FileNotFoundError(
+    raise errors.InputError(
         f"TFDS dataset {name!r} split {split!r} is not prepared under data_dir={data_dir!r}: "
         f"{type(e).__name__}: {e}") from e
 

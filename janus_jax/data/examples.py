@@ -26,7 +26,8 @@ the reference's unconditional rows.
 
 Generation sequence (Janus): `[BOS][t2i prompt ... BOI][P codes]` (+ `[EOI]` if `gen_eoi`, never a
 loss target: sampling stops after P codes). With probability `caption_dropout` the prompt between
-BOS and BOI is replaced by pad ids of the same length, exactly the unconditional row of CFG sampling.
+BOS and BOI is replaced by pad ids of the same length, exactly the unconditional row of CFG
+sampling.
 """
 
 import dataclasses

@@ -21,7 +21,7 @@ M = `max_images_per_row`, S = `image_size`, P' = slots per image = P (Janus) or 
   pixel_values     (B, M, S, S, 3) float32 normalised understanding images, zeros when unused
   images_emb_mask  (B, M, P')     bool    True for every slot of a real image
   gen_mask         (B, L)         bool    positions whose input embedding is
-                                          gen_aligner(gen_embed(image_codes)) instead of the text one
+                                          gen_aligner(gen_embed(image_codes)), not the text one
   image_codes      (B, L)         int32   VQ code at `gen_mask` positions, 0 elsewhere
   segment_ids      (B, L)         int32   1, 2, ... per packed example, 0 on padding; attention is
                                           allowed iff same nonzero segment and key <= query
@@ -29,7 +29,7 @@ M = `max_images_per_row`, S = `image_size`, P' = slots per image = P (Janus) or 
                                           a branch continues from its prefix's end)
   branch_ids       (B, L)         int32   0, or k on the k-th independent turn of an understanding
                                           example (`examples.Config.independent_turns`): it sees
-                                          its example's branch-0 prefix and itself, not branch j != k
+                                          its example's branch-0 prefix and itself, no branch j != k
   kinds            (B, L)         int32   0 und, 1 text, 2 gen per position; -1 on padding
 JanusFlow runs (family "janusflow"; generation records carry SDXL-VAE latents, m =
 `max_flow_images_per_row`, Q = `flow_tokens`) add, and leave gen_mask / image_codes empty:

@@ -4,8 +4,10 @@ Generation training never runs the frozen image encoder: images are encoded once
 
   python -m janus_jax.data.tokenize_images --checkpoint /ckpt/janus_pro_1b_converted \
       --data_dir /data/tfds --name image_captions --out /data/codes/cc3m
-  python -m janus_jax.data.tokenize_images --checkpoint /ckpt/imagenet... --labelled imagenet2012 ...
-  python -m janus_jax.data.tokenize_images --vae /ckpt/sdxl_vae_converted --latents ... (JanusFlow)
+  python -m janus_jax.data.tokenize_images --checkpoint /ckpt/janus_pro_1b_converted \
+      --labelled imagenet2012 --data_dir /data/tfds --out /data/codes/imagenet
+  python -m janus_jax.data.tokenize_images --vae /ckpt/sdxl_vae_converted \
+      --data_dir /data/tfds --out /data/latents/cc3m          # JanusFlow: SDXL-VAE latents
 
 Images get the generation preprocessing (short side to the model's size, centre crop, [-1, 1]);
 batches are jitted and split over all local devices along the batch axis. Output: array_record

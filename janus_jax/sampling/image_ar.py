@@ -78,7 +78,8 @@ class PromptBatch:
 
 
 def require_model(model, config_type, needs: str, instead: str) -> None:
-  """Raises a TypeError unless `model`'s config is a `config_type`: "`needs`; got ... (`instead`)"."""
+  """Raises a TypeError unless `model`'s config is a `config_type`, saying what `needs` it and
+  what other models use `instead`."""
   cfg = getattr(model, "config", None)
   if not isinstance(cfg, config_type):
     raise TypeError(f"{needs}; got {type(model).__name__} with config {type(cfg).__name__} "
@@ -99,8 +100,8 @@ def check_prompts(prompt_ids, max_len: int | None = None) -> None:
     if len(ids) == 0:
       raise errors.InputError(f"prompt {i} is empty (no tokens)")
     if max_len is not None and len(ids) > max_len:
-      raise errors.InputError(f"prompt {i} has {len(ids)} tokens; at most {max_len} fit in the context "
-                       f"next to the image tokens")
+      raise errors.InputError(f"prompt {i} has {len(ids)} tokens; at most {max_len} fit in the "
+                              "context next to the image tokens")
 
 
 def prompt_batch(prompt_ids, num_images: int, pad_id: int, guided: bool = True,
@@ -215,7 +216,8 @@ def sample_codes(model, params, tokens, mask, positions, rng, cfg_weight, *, sam
     codes (B, P) int32 and, with `return_logits`, logits (B, P, V) float32 (else None).
   """
   if num_tokens < 1 or segments < 1:
-    raise errors.InputError(f"num_tokens and segments must be >= 1, got {num_tokens} and {segments}")
+    raise errors.InputError(f"num_tokens and segments must be >= 1, got {num_tokens} and "
+                            f"{segments}")
   params = decode_layout.decode_layout(params, dtype=model.dtype)  # once, before the loops
   r, t = tokens.shape
   b = r // 2 if guided else r
@@ -330,8 +332,8 @@ def generate(model, params, prompt_ids, *, num_images: int = 1, cfg_weight: floa
   num_tokens = num_tokens or image_tokens(model)
   context = model.config.llm.max_position_embeddings
   if num_tokens >= context:
-    raise errors.InputError(f"{num_tokens} image tokens per image do not fit in the model context of "
-                     f"{context} tokens (image size too large for this model?)")
+    raise errors.InputError(f"{num_tokens} image tokens per image do not fit in the model context "
+                            f"of {context} tokens (image size too large for this model?)")
   check_prompts(prompt_ids, max_len=context - num_tokens)
   batch = prompt_batch(prompt_ids, num_images, pad_id, guided=cfg_weight is not None,
                        length_multiple=length_multiple)

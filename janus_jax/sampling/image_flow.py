@@ -60,7 +60,7 @@ def prompt_rows(prompt_ids_list: Sequence[Sequence[int]], pad_id: int) -> Prompt
   short = [i for i, p in enumerate(prompts) if len(p) < 2]
   if short:
     raise errors.InputError(f"prompts {short} have fewer than 2 tokens; each needs BOS ... and the "
-                     "generation tag (which is dropped and replaced by the time token)")
+                            "generation tag (which is dropped and replaced by the time token)")
   kept = [p[:-1] for p in prompts]
   length = max(len(p) for p in kept)
   rows, masks, offsets = [], [], []

@@ -90,7 +90,8 @@ class Sampling:
 
   def __post_init__(self):
     if not self.temperature > 0:
-      raise errors.InputError(f"temperature must be > 0 (use Greedy for argmax), got {self.temperature}")
+      raise errors.InputError(f"temperature must be > 0 (use Greedy for argmax), got "
+                              f"{self.temperature}")
     if self.top_k is not None and self.top_k < 0:
       raise errors.InputError(f"top_k must be >= 0, got {self.top_k}")
     if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -75,8 +75,8 @@ def make_batch(conversations, *, image_id: int, pad_id: int, tokens_per_image: i
       raise errors.InputError(f"conversation {i} is empty (no tokens)")
     slots = int(np.isin(np.asarray(ids), (image_id,) + tuple(seq_extra_ids)).sum())
     if slots != len(images) * tokens_per_image:
-      raise errors.InputError(f"conversation {i} has {slots} image slots but {len(images)} images of "
-                       f"{tokens_per_image} tokens")
+      raise errors.InputError(f"conversation {i} has {slots} image slots but {len(images)} "
+                              f"images of {tokens_per_image} tokens")
   b = len(conversations)
   t = -(-max(len(ids) for ids, _ in conversations) // length_multiple) * length_multiple
   n = max(1, max(len(images) for _, images in conversations))
@@ -190,8 +190,8 @@ def generate(model, params, batch: ChatBatch, *, max_new_tokens: int = 512,
   context = model.config.llm.max_position_embeddings
   longest = int(batch.attention_mask.sum(axis=1).max())
   if longest + max_new_tokens > context:
-    raise errors.InputError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
-                     f"the model context of {context} tokens")
+    raise errors.InputError(f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} "
+                            f"exceeds the model context of {context} tokens")
   rng = jax.random.key(0) if rng is None else rng
   arrays = image_ar.put_rows(mesh, batch.input_ids, batch.attention_mask, batch.pixel_values,
                              batch.images_seq_mask, batch.images_emb_mask)

@@ -11,9 +11,9 @@ One command, in order (each step prints what it did and how long it took):
                 the fraction of reconstructed test scenes the analyser reads exactly
   4. codes      every train image tokenized once with the frozen VQ (offline codes)
   4b. encoder   the SigLIP-style understanding encoder pretrained on per-patch scene labels
-                (`janus_jax.shapes_demo.vision_training`, the counterpart of SigLIP's own pretraining);
+                (`vision_training`, the counterpart of SigLIP's own pretraining);
                 frozen in stages 1-2, trained in stage 3 (the VQ stays frozen throughout)
-  5. stages     three Janus stages, each a train.py run (`train.train`) on batches from
+  5. stages     three Janus stages, each a run of the trainer (`trainer.train`) on batches from
                 `janus_jax.data.pipeline` (understanding = QA about an image, one branch per
                 question with `independent_turns`, else one multi-turn chat;
                 generation = caption -> its VQ codes, with caption dropout for guidance); each
@@ -24,10 +24,10 @@ One command, in order (each step prints what it did and how long it took):
                 into config.json),
                 then ShapesEval on the test split; the table goes to OUT/eval.txt
 
-Each Janus stage is one call of train.py's `train` (the loop `python train.py` runs: sharded
-jitted `train_steps.train_step`, `optim.make`, Orbax checkpoints under OUT/train/<stage>,
-TensorBoard under OUT/train/<stage>/tb) with a config built from `configs/train_common.py`
-(`stage_config`): the model and weights come from the previous stage's export (`init_from`, as a
+Each Janus stage is one call of `janus_jax.train.trainer.train` (the loop `python train.py`
+runs: sharded jitted `train_steps.train_step`, `optim.make`, Orbax checkpoints under
+OUT/train/<stage>, TensorBoard under OUT/train/<stage>/tb) with a config built from
+`janus_jax.train.config.base` (`stage_config`): the model and weights come from the previous stage's export (`init_from`, as a
 converted release would), the batches from the in-memory shapes sources below.
 """
 
@@ -256,9 +256,10 @@ def _no_sharding():
 
 
 def run_stage(c, stage, init_from: pathlib.Path, batches, workdir: pathlib.Path, index: int):
-  """One stage through the trainer (`janus_jax.train.trainer.train`: its sharded jitted step, checkpoints in `workdir`,
-  TensorBoard in workdir/tb): every unfrozen parameter trains for `stage.steps` steps from the
-  exported checkpoint `init_from`. Returns (params, last metrics)."""
+  """One stage through the trainer (`janus_jax.train.trainer.train`: its sharded jitted step,
+  checkpoints in `workdir`, TensorBoard in workdir/tb): every unfrozen parameter trains for
+  `stage.steps` steps from the exported checkpoint `init_from`. Returns (params, last
+  metrics)."""
   start = time.time()
   out = trainer.train(stage_config(c, stage, init_from, index), str(workdir), data=batches,
                     return_params=True, devices=jax.devices()[:1])  # a 3.7M model: one device

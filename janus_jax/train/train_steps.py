@@ -350,7 +350,8 @@ class SyntheticData:
 
   def __init__(self, *, batch_size: int, seq_len: int, vocab: int, kinds: Sequence[str] = ("text",),
                seed: int = 0, fixed: bool = False, image_size: int = 0, und_tokens: int = 0,
-               gen_tokens: int = 0, code_vocab: int = 0, latent_shape=(), rows: slice | None = None):
+               gen_tokens: int = 0, code_vocab: int = 0, latent_shape=(),
+               rows: slice | None = None):
     self.b, self.t, self.vocab, self.kinds = batch_size, seq_len, vocab, tuple(kinds)
     self.seed, self.fixed, self.index = seed, fixed, 0
     self.image_size, self.und_tokens = image_size, und_tokens

@@ -242,8 +242,8 @@ def train(config, workdir: str, data=None, return_params: bool = False, devices=
 
   `data` replaces the configured iterator (it needs get_state / set_state for checkpoints).
   `return_params`: also return the final parameters (under "params"), for a caller that runs
-  stages back to back (the shapes demo, `janus_jax.shapes_demo.recipe`). `devices`: the mesh's devices
-  (default all).
+  stages back to back (the shapes demo, `janus_jax.shapes_demo.recipe`). `devices`: the mesh's
+  devices (default all).
   """
   s = setup(config, devices)
   if config.data.batch_size % sharding.batch_divisor(s.mesh):
@@ -251,7 +251,8 @@ def train(config, workdir: str, data=None, return_params: bool = False, devices=
                      f"batch mesh axes' size {sharding.batch_divisor(s.mesh)}")
   data = data if data is not None else make_data(config, s.module)
   ckpt = checkpoint.Checkpointer(f"{workdir}/checkpoints", save_every=config.ckpt.every,
-                                 keep=config.ckpt.keep, use_async=config.ckpt.get("use_async", True))
+                                 keep=config.ckpt.keep,
+                                 use_async=config.ckpt.get("use_async", True))
 
   # --- Restore or initialise ---
   restored = ckpt.restore(checkpoint.abstract_with_shardings(s.abstract_state, s.state_shardings))

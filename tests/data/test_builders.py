@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from janus_jax import errors
 from janus_jax.data import builders
 from janus_jax.data import preprocess
 from janus_jax.data import synthetic
@@ -48,9 +49,9 @@ def test_missing_files_are_skipped_and_missing_source_is_an_error(raw, tmp_path)
   builders.prepare(builders.ImageCaptions, str(bad), str(tmp_path / "d"))
   src = builders.read_captions(str(tmp_path / "d"))
   assert len(src) == 1 and src[0]["caption"] == "y"
-  with pytest.raises(FileNotFoundError, match="source not found"):
+  with pytest.raises(errors.InputError, match="plain_text: source .*absent.txt does not exist"):
     builders.prepare(builders.PlainText, str(tmp_path / "absent.txt"), str(tmp_path / "e"))
-  with pytest.raises(FileNotFoundError, match="not prepared"):
+  with pytest.raises(errors.InputError, match="not prepared"):
     builders.read_text(str(tmp_path / "nothing_here"))
 
 

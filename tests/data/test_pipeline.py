@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from janus_jax import errors
 from janus_jax.data import chat
 from janus_jax.data import examples
 from janus_jax.data import mixture
@@ -319,5 +320,5 @@ def test_make_train_iterator_from_prepared_datasets(tok, tmp_path):
   it = pipeline.make_train_iterator(data, Model)
   assert set(np.unique([next(it)["kinds"] for _ in range(3)])) == {-1, 0, 2}
   data.update(ratios=(1, 1, 1))
-  with pytest.raises(FileNotFoundError, match="never_prepared"):
+  with pytest.raises(errors.InputError, match="never_prepared"):
     pipeline.make_train_iterator(data, Model)

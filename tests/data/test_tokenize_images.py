@@ -78,6 +78,7 @@ def test_codes_dataset_feeds_the_pipeline(tmp_path, tiny_vq):
   assert it.stats["examples"] == 6 and b["gen_mask"].sum() == 96 and b["image_loss"].sum() == 96
 
 
+@pytest.mark.slow
 def test_vae_latents_are_scaled_means(tmp_path):
   from janus_jax.models import vae
   cfg = vae.Config(block_out_channels=(8, 16), layers_per_block=1, norm_groups=4)

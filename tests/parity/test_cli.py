@@ -13,6 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name,count", [("janus_tiny", 9), ("janusflow_tiny", 5)])
+@pytest.mark.slow
 def test_cli_passes_every_case(fixtures_dir, name, count):
   proc = subprocess.run([sys.executable, "-m", "janus_jax.parity", str(fixtures_dir / name)],
                         cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -22,6 +23,7 @@ def test_cli_passes_every_case(fixtures_dir, name, count):
   assert sum(": PASS " in line for line in lines) == count
 
 
+@pytest.mark.slow
 def test_cli_reports_wrong_and_missing_cases(fixtures_dir, tmp_path):
   src = fixtures_dir / "janus_tiny"
   for f in ("config.json", "model.safetensors"):

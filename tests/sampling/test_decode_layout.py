@@ -83,7 +83,8 @@ def test_what_is_packed_on_the_cpu(params):
   """float32 kernels on one device are packed; for a bfloat16 product, across several
   devices, or traced with several devices (placement unknown) they stay whole."""
   assert isinstance(decode_layout.decode_layout(params)["lm_head"]["kernel"], cpu.Panels)
-  assert layers.is_array(decode_layout.decode_layout(params, dtype=jnp.bfloat16)["lm_head"]["kernel"])
+  bf16 = decode_layout.decode_layout(params, dtype=jnp.bfloat16)
+  assert layers.is_array(bf16["lm_head"]["kernel"])
   mesh = sharding.make_mesh((1, 2, 4))
   shardings = sharding.logical_shardings(jax.eval_shape(_init)["params"], mesh,
                                          sharding.DEFAULT_RULES)

@@ -45,6 +45,7 @@ def test_fixture_t2i_greedy(janus_fixture):
     np.testing.assert_allclose(out[k], case.outputs[k], atol=case.atol, rtol=case.rtol)
 
 
+@pytest.mark.slow
 def test_batch_of_different_prompts_equals_each_alone(janus_fixture):
   _, model, params = janus_fixture
   codes, logits = image_ar.guided_logits(model, params, PROMPTS, num_images=2, cfg_weight=5.0,
@@ -128,6 +129,7 @@ def test_cpu_compiler_options_are_known_to_this_xla():
       jnp.ones((4, 4))).compile()
 
 
+@pytest.mark.slow
 def test_cfg_weight_one_equals_conditional_branch(janus_fixture):
   _, model, params = janus_fixture
   guided = image_ar.generate(model, params, PROMPTS, cfg_weight=1.0, sampler=samplers.Greedy(),
@@ -140,6 +142,7 @@ def test_cfg_weight_one_equals_conditional_branch(janus_fixture):
   assert (w5.codes != cond.codes).any()  # guidance does something at w != 1
 
 
+@pytest.mark.slow
 def test_seed_reproduces_and_changes(janus_fixture):
   _, model, params = janus_fixture
   kw = dict(num_images=2, cfg_weight=5.0, sampler=samplers.Sampling(top_k=50, top_p=0.95),
@@ -154,6 +157,7 @@ def test_seed_reproduces_and_changes(janus_fixture):
   assert a.images.shape == (4, 64, 64, 3) and a.images.dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_sampler_logits_equal_the_training_paths_on_its_codes(janus_fixture):
   """What training fits is what sampling draws from: prompts of the training grammar, built into
   generation examples and packed three to a row by the training pipeline, give through the

@@ -58,6 +58,7 @@ def test_fixture_und_greedy(janus_fixture):
                              rtol=case.rtol)
 
 
+@pytest.mark.slow
 def test_batch_with_one_and_two_images_equals_each_alone(janus_fixture):
   _, model, params = janus_fixture
   tokens, num, logits = run(model, params, CONVS)
@@ -79,6 +80,7 @@ def test_packed_kernels_give_the_same_tokens(janus_fixture):
   np.testing.assert_allclose(logits, want_logits, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_eos_stops_one_row_while_others_continue(janus_fixture):
   _, model, params = janus_fixture
   free, _, _ = run(model, params, CONVS[1:], n=8)

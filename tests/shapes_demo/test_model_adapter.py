@@ -14,6 +14,7 @@ from janus_jax.shapes_demo.world import vocab
 
 
 @pytest.mark.slow  # compiles init, the guided image sampler and the text decoder: minutes on CPU
+@pytest.mark.slow
 def test_tiny_model_runs_through_shapes_eval(tmp_path):
   tok = tokenizer_lib.load(vocab.train_tokenizer(str(tmp_path), num_scenes=50))
   cfg = janus.get_config("tiny")

@@ -34,6 +34,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 ASSET = REPO / "assets" / "shapes_demo"
 
 
+@pytest.mark.slow
 def test_smoke_recipe_exports_a_loadable_checkpoint(tmp_path):
   """Every step of `python -m janus_jax.shapes_demo` for a few steps on the tiny world."""
   c = demo_shapes.get_config("smoke")
@@ -196,6 +197,7 @@ def test_demo_cli_refuses_two_single_step_modes(tmp_path):
   assert not list(tmp_path.iterdir())  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_vq_training_reduces_the_reconstruction_error():
   cfg = vq.Config(codebook_size=32, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
@@ -219,6 +221,7 @@ def test_foreground_weights_weigh_the_pixels_off_the_background():
   assert 0.03 < off.mean() < 0.5  # shapes, with their anti-aliased edges, not the background
 
 
+@pytest.mark.slow
 def test_weighted_reconstruction_is_the_weighted_mean_squared_error():
   cfg = vq.Config(codebook_size=16, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
@@ -291,6 +294,7 @@ def test_dead_codes_restart_on_the_latents_the_codebook_represents_worst():
     assert np.abs(row - [-1.0, 0.0]).max() < 0.05, after
 
 
+@pytest.mark.slow
 def test_dead_code_restarts_keep_more_of_the_codebook_in_use():
   cfg = vq.Config(codebook_size=64, codebook_dim=4, z_channels=8, base_channels=8,
                   ch_mult=(1, 2), num_res_blocks=1, norm_groups=4)
@@ -363,6 +367,7 @@ def _demo_config(tmp_path, **chat):
   return cfg
 
 
+@pytest.mark.slow
 def test_unknown_words_still_draw_and_questions_get_answers(tmp_path, capsys):
   cfg = _demo_config(tmp_path)
   # "zorblax" and the emoji are outside the world's vocabulary: byte-level BPE still encodes them.

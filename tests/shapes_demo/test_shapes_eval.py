@@ -121,6 +121,7 @@ def test_oracle_transform_is_applied_to_the_generated_images(items):
   assert shapes.evaluate(adapter, gen, [], log=lambda m: None)["gen_overall"] == 0.0
 
 
+@pytest.mark.slow
 def test_command_line_oracle_through_the_shipped_vq(capsys):
   """The ceiling the shipped checkpoint's tokenizer sets: the prompts' own scenes, encoded and
   decoded by its VQ at its image size, scored by the analyser."""

@@ -41,6 +41,7 @@ def test_patch_labels_reject_a_patch_that_does_not_tile_the_image():
     vision_training.patch_labels(_scene(("red", "circle", "large", 1, 1)), 64, 7)
 
 
+@pytest.mark.slow
 def test_pretraining_learns_and_returns_a_drop_in_encoder():
   scenes = list(world.split_scenes("train", 64))
   images = world.render_batch(scenes, 32)

@@ -55,6 +55,7 @@ def test_janusflow_stages(arg, frozen):
   assert config.optim.b1 == 0.9 and config.optim.b2 == 0.95 and config.optim.weight_decay == 0
 
 
+@pytest.mark.slow
 def test_full_size_stage2_step_traces():
   """The Janus-Pro-1B stage-2 step on a packed 4096-token row (576 image codes) type-checks."""
   config = _recipe("train_janus_pro", "stage2")

@@ -4,12 +4,14 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from janus_jax.convert import driver
 from janus_jax.train import trainer
 from tests.train import helpers
 
 
+@pytest.mark.slow
 def test_init_from_converted_fixture(tmp_path, fixtures_dir):
   src = fixtures_dir / "janus_tiny"
   extra = json.loads((src / "fixture.json").read_text())["extra"]

@@ -8,6 +8,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from janus_jax.train import checkpoint
 from janus_jax.train import trainer
@@ -38,6 +39,7 @@ def _loss(output: bytes) -> float:
   return float(m.group(1))
 
 
+@pytest.mark.slow
 def test_two_processes_agree_with_one(tmp_path):
   port = _free_port()
   procs = [subprocess.Popen(

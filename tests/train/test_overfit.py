@@ -3,6 +3,7 @@ losses of one mixed batch) and JanusFlow (rectified flow + REPA + understanding)
 
 import jax
 import numpy as np
+import pytest
 
 from janus_jax import sharding
 from janus_jax.train import trainer
@@ -22,6 +23,7 @@ def _fit(config, steps, fixed_rng=False):
   return history
 
 
+@pytest.mark.slow
 def test_janus_overfits_each_kind():
   config = helpers.tiny_config("janus", mesh=(1, 1, 1), **{
       "data.batch_size": 2, "data.fixed": True, "optim.lr": 3e-3, "optim.warmup_steps": 0,
@@ -33,6 +35,7 @@ def test_janus_overfits_each_kind():
     assert last < first / 8, (kind, first, last)
 
 
+@pytest.mark.slow
 def test_janusflow_overfits():
   config = helpers.tiny_config("janusflow", mesh=(1, 1, 1), **{
       "data.batch_size": 2, "data.fixed": True, "optim.lr": 3e-3, "optim.warmup_steps": 0})

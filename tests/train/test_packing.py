@@ -3,6 +3,7 @@ crosses segments, positions restart per segment)."""
 
 import jax
 import numpy as np
+import pytest
 
 from janus_jax.data import examples
 from janus_jax.data import mixture
@@ -13,6 +14,7 @@ from janus_jax.models import llama
 from janus_jax.train import train_steps
 
 
+@pytest.mark.slow
 def test_packed_equals_separate():
   model = llama.Model(llama.get_config("tiny"))
   params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32),
@@ -45,6 +47,7 @@ def _janus_row(model, params, exs, pad_id):
   return batch, np.asarray(logits[0])
 
 
+@pytest.mark.slow
 def test_independent_turns_equal_single_question_conversations():
   """An image's QA pairs as branches of one shared prefix: every branch token gets the ids,
   targets, loss mask and logits it has in its own single-question conversation."""

@@ -25,6 +25,7 @@ def _restore(config, workdir, step=None):
   return out
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
   kw = {"ckpt.every": 3, "data.kinds": ("text", "text"), "optim.warmup_steps": 4}
   config = helpers.tiny_config("llm", total_steps=6, **kw)
@@ -46,6 +47,7 @@ def test_resume_is_exact(tmp_path):
   assert steps == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu")
@@ -97,6 +99,7 @@ class _NanAt:
     self.inner.set_state(s)
 
 
+@pytest.mark.slow
 def test_nan_batch_stops_with_message_and_keeps_good_checkpoint(tmp_path):
   config = helpers.tiny_config("janus", total_steps=10, **{
       "ckpt.every": 1, "data.kinds": ("und",), "data.seq_len": 32})

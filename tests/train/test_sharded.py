@@ -10,6 +10,8 @@ from janus_jax.train import optim
 from janus_jax.train import trainer
 from tests.train import helpers
 
+pytestmark = pytest.mark.slow  # end to end: CI runs it, `-m "not slow"` skips it
+
 
 def _run(config, devices, steps=2):
   s = trainer.setup(config, devices)

@@ -71,7 +71,8 @@ def run_train(root: pathlib.Path, workdir: pathlib.Path, steps: int):
   cmd = [sys.executable, "train.py", "--config", "configs/train_tiny.py:janus",
          f"--workdir={workdir}", "--config.data.source=pipeline",
          f"--config.data.data_dir={root / 'tfds'}", "--config.data.gen=codes",
-         f"--config.data.tokenizer={root / 'tok'}", f"--config.model.config_json={root / 'model.json'}",
+         f"--config.data.tokenizer={root / 'tok'}",
+         f"--config.model.config_json={root / 'model.json'}",
          "--config.data.batch_size=2", "--config.data.seq_len=256", "--config.ckpt.every=2",
          f"--config.total_steps={steps}"]
   proc = subprocess.run(cmd, cwd=helpers.REPO, env=env, capture_output=True, text=True,
@@ -80,6 +81,7 @@ def run_train(root: pathlib.Path, workdir: pathlib.Path, steps: int):
   return proc.stderr
 
 
+@pytest.mark.slow
 def test_train_cli_pipeline_custom_model_and_resume(prepared, tmp_path):
   log = run_train(prepared, tmp_path, steps=2)
   ckpts = tmp_path / "checkpoints"

@@ -1,6 +1,6 @@
 """ShapesEval adapter for a Janus model: prompts -> images and (image, question) -> answer.
 
-Wires `janus_jax.shapes_demo.eval.shapes` to the samplers (`janus_jax.sampling.image_ar` for text-to-image
+Wires `shapes_demo.eval.shapes` to the samplers (`janus_jax.sampling.image_ar` for text-to-image
 with classifier-free guidance, `janus_jax.sampling.text` for answers) and the chat template of
 `janus_jax.data.chat`. Images for questions arrive as uint8 renders at the world's size and are
 resized/normalised to the model's understanding resolution by `janus_jax.data.preprocess`.

@@ -25,8 +25,8 @@ diagnosis only.
 The model is reached through an adapter with two methods, so anything can be evaluated:
   generate_images(prompts: list[str]) -> uint8 (B, S, S, 3)      (any S; the analyser scales)
   answer(images: uint8 (B, S, S, 3), questions: list[str]) -> list[str]
-`OracleAdapter` proves the evaluation end to end without a model; `janus_jax.shapes_demo.eval.model_adapter`
-wires a Janus checkpoint through `janus_jax.sampling`.
+`OracleAdapter` proves the evaluation end to end without a model; `model_adapter` wires a Janus
+checkpoint through `janus_jax.sampling`.
 """
 
 import argparse

@@ -112,7 +112,8 @@ def prepare(data_dir: str, config: str = "default") -> ShapesWorld:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description="Generate the shapes_world TFDS dataset.")
   p.add_argument("--data_dir", required=True, help="TFDS data directory to write into")
-  p.add_argument("--config", default="default", choices=[c.name for c in ShapesWorld.BUILDER_CONFIGS])
+  p.add_argument("--config", default="default",
+                 choices=[c.name for c in ShapesWorld.BUILDER_CONFIGS])
   args = p.parse_args(argv)
   builder = prepare(args.data_dir, args.config)
   for split, info in builder.info.splits.items():

@@ -7,8 +7,8 @@ pixels and texts on every machine.
 
 Why these choices:
   * Colours are spaced about 50-70 degrees apart in hue and all strongly saturated, while the
-    background is neutral; the analyser (`janus_jax/shapes_demo/eval/analyser.py`) then segments by hue and
-    chroma, which survives the blur, noise and colour drift of a VQ reconstruction.
+    background is neutral; the analyser (`shapes_demo/eval/analyser.py`) then segments by hue
+    and chroma, which survives the blur, noise and colour drift of a VQ reconstruction.
   * Shapes differ in how much of their bounding box they fill (square 1.0, circle 0.79, triangle
     and diamond 0.5) and triangles are top-light, diamonds symmetric: cheap, robust geometry.
   * Rendering is 4x supersampled and box-filtered, so edges are anti-aliased like real images.
