@@ -9,7 +9,9 @@ decoder: a Janus or JanusFlow model's, or a bare LLM's) into the layout the samp
      its weights on every step (XLA does not hoist the slice);
   2. in every split layer, the q/k/v kernels (D, N, H) stacked into one `qkv_proj` (D, 3, N, H)
      and gate/up (D, F) into one `gate_up_proj` (D, 2, F), so each layer runs one product where
-     it ran three and two (on an H200 the Janus-Pro-7B step took 4.6% less time);
+     it ran three and two (on an H200 the Janus-Pro-7B step took 4.6% less time); on the CPU
+     only where they are then packed: XLA:CPU's products on the stacked kernels took a mid-size
+     text-to-image run from 14.7 s to 25.4 s;
   3. on the CPU, every float32 projection kernel packed in `kernels.cpu.Panels` for the CPU
      decode product (which reads a weight at close to the memory's streaming rate, where
      XLA:CPU's few-row products reach a third of it).
@@ -63,7 +65,8 @@ def decode_layout(params, *, dtype=None, panels: bool | None = None, free: bool 
     raise RuntimeError("decode_layout(panels=True): the CPU panel product is unavailable: "
                        + cpu.unavailable_reason())
   params = llama.split_layers(params, _freeing_slices if free else None)
-  params = stack_projections(params, free)
+  if panels or jax.default_backend() != "cpu":  # XLA:CPU's stacked products are slower
+    params = stack_projections(params, free)
   if panels:
     params = _map_projections(params, functools.partial(_pack, free=free))
   return params
